@@ -1,0 +1,1 @@
+"""I/O side of pith-mirror: command line, storage, HTTP and peer sessions (trio)."""

@@ -1,0 +1,229 @@
+"""The ``pith-mirror`` command line.
+
+Exit codes: 0 success, 1 a check failed or input was rejected, 2 the input
+could not be read or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from protocol import (
+    EVENT_TYPES,
+    InvalidInput,
+    TrustConfig,
+    build_event,
+    default_trust,
+    format_timestamp,
+    parse_json,
+    read_document,
+)
+
+from .keyfile import KeyFileError, create_key_file, load_key_file
+from .offline import InputError, merge_items, read_items, verify_item
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("pith_mirror.cli")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_UNREADABLE = 2
+
+
+def _load_trust(path: str | None) -> TrustConfig:
+    if path is None:
+        return default_trust()
+    try:
+        return TrustConfig.from_document(read_document(Path(path).read_bytes()))
+    except OSError as error:
+        raise InputError(f"{path}: cannot read trust configuration: {error.strerror}") from None
+    except InvalidInput as error:
+        raise InputError(f"{path}: invalid trust configuration: {error}") from None
+
+
+def _write_json(value: Any, indent: bool) -> None:
+    if indent:
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+    else:
+        # Compact, in document order: the form the registry serves.
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    sys.stdout.write(text + "\n")
+
+
+def command_verify(args: argparse.Namespace) -> int:
+    trust = _load_trust(args.trust)
+    passed = failed = 0
+    unreadable = False
+    for path in args.paths:
+        try:
+            items = list(read_items(path))
+        except InputError as error:
+            print(f"ERROR {error}", file=sys.stderr)
+            unreadable = True
+            continue
+        for item in items:
+            ok, line = verify_item(item, trust)
+            print(line)
+            if ok:
+                passed += 1
+            else:
+                failed += 1
+    print(f"verified {passed + failed} items: {passed} passed, {failed} failed")
+    if unreadable:
+        return EXIT_UNREADABLE
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def command_merge(args: argparse.Namespace) -> int:
+    trust = _load_trust(args.trust)
+    items = []
+    for path in args.paths:
+        items.extend(read_items(path))
+    try:
+        states = merge_items(items, trust)
+    except InvalidInput as error:
+        print(f"error: cannot merge: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    for state in states:
+        if args.hash_only:
+            print(f"{state['pith_number']} {state['state_sha256']}" if len(states) > 1 else state["state_sha256"])
+        else:
+            _write_json(state, args.indent)
+    return EXIT_OK
+
+
+def command_keygen(args: argparse.Namespace) -> int:
+    try:
+        key_file = create_key_file(Path(args.out), args.key_id, args.signer_id, args.signer_type, overwrite=args.force)
+    except KeyFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {args.out} (mode 0600)")
+    print(f"public_key_hex          {key_file.signing_key.public_key_hex}")
+    print(f"public_key_fingerprint  {key_file.signing_key.fingerprint}")
+    return EXIT_OK
+
+
+def command_sign(args: argparse.Namespace) -> int:
+    try:
+        key_file = load_key_file(Path(args.key))
+    except KeyFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    payload_text = args.payload
+    if payload_text.startswith("@"):
+        try:
+            payload_text = Path(payload_text[1:]).read_text(encoding="utf-8")
+        except OSError as error:
+            print(f"error: cannot read payload file {payload_text[1:]}: {error.strerror}", file=sys.stderr)
+            return EXIT_UNREADABLE
+    created_at = args.created_at or format_timestamp(time.time())
+    try:
+        payload = parse_json(payload_text)
+        event = build_event(
+            key_file.signing_key,
+            event_type=args.type,
+            subject=args.subject,
+            payload=payload,
+            created_at=created_at,
+            key_id=key_file.key_id,
+            signer_id=key_file.signer_id,
+            signer_type=key_file.signer_type,
+        )
+    except InvalidInput as error:
+        print(f"error: cannot sign: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    _write_json(event, args.indent)
+    return EXIT_OK
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``pith-mirror`` command."""
+    parser = argparse.ArgumentParser(
+        prog="pith-mirror",
+        description="Peer-to-peer mirror node for Pith Open Graph data.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to standard error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    verify = commands.add_parser(
+        "verify",
+        help="check hashes, Pith numbers, aliases, receipts and events of files",
+        description="Check state documents, bundle documents and JSON-lines record files. "
+        "Prints one line per item and a summary. Exit status: 0 all passed, 1 a check failed, "
+        "2 an input could not be read.",
+    )
+    verify.add_argument("paths", nargs="+", metavar="PATH", help="a .json document or a .jsonl file; - reads standard input")
+    verify.add_argument("--trust", metavar="FILE", help="trust configuration (JSON); default: the built-in one")
+    verify.set_defaults(handler=command_verify)
+
+    merge = commands.add_parser(
+        "merge",
+        help="merge bundles, states and event files into state documents",
+        description="Merge every input by subject and print each state document as compact JSON, "
+        "in the byte order the registry serves.",
+    )
+    merge.add_argument("paths", nargs="+", metavar="PATH", help="bundle or state .json files, or .jsonl files of events")
+    merge.add_argument("--hash-only", action="store_true", help="print only state_sha256 (with the Pith number when there are several)")
+    merge.add_argument("--indent", action="store_true", help="indent the JSON output for reading")
+    merge.add_argument("--trust", metavar="FILE", help="trust configuration (JSON); default: the built-in one")
+    merge.set_defaults(handler=command_merge)
+
+    keygen = commands.add_parser("keygen", help="create an Ed25519 node key file (mode 0600)")
+    keygen.add_argument("--out", required=True, metavar="FILE", help="key file to create")
+    keygen.add_argument("--key-id", default="node-key-1", help="key_id label written into signed events")
+    keygen.add_argument("--signer-id", default="pith-mirror", help="signer_id label, such as the mirror's host name")
+    keygen.add_argument("--signer-type", default="mirror", help="signer_type label (lowercase), such as mirror or author")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    keygen.set_defaults(handler=command_keygen)
+
+    sign = commands.add_parser("sign", help="build and sign an event, such as a mirror hint")
+    sign.add_argument("--key", required=True, metavar="FILE", help="key file made by keygen")
+    sign.add_argument("--type", required=True, choices=EVENT_TYPES, help="event type")
+    sign.add_argument("--subject", required=True, metavar="PITH_NUMBER", help="Pith number the event is about")
+    sign.add_argument("--payload", required=True, metavar="JSON", help="payload as JSON text, or @FILE to read it from a file")
+    sign.add_argument("--created-at", metavar="TIMESTAMP", help="YYYY-MM-DDTHH:MM:SSZ; default: now")
+    sign.add_argument("--indent", action="store_true", help="indent the JSON output for reading")
+    sign.set_defaults(handler=command_sign)
+
+    demo = commands.add_parser(
+        "demo",
+        help="verify and merge the published Pith records shipped with the package",
+        description="Run the offline pipeline on real published records and show the state hashes.",
+    )
+    demo.set_defaults(handler=command_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except BrokenPipeError:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Offline verification and merging of files: the work behind ``verify`` and ``merge``.
+
+Accepted inputs:
+
+* a JSON file holding one state document or one bundle document;
+* a JSON-lines file (``.jsonl``) whose lines are published record lines
+  (``pith_number`` and what the registry published with it) or bundle-form
+  events (lines with ``event_type``).
+
+Each file is read whole with the document limits of the protocol core.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol import (
+    DocumentError,
+    InvalidInput,
+    TrustConfig,
+    bundle_input,
+    check_record_line,
+    check_state,
+    document_kind,
+    merge,
+    read_document,
+    state_input,
+)
+from protocol.documents import DOCUMENT_LIMITS
+
+__all__ = ["InputError", "Item", "read_items", "verify_item", "merge_items"]
+
+logger = logging.getLogger("pith_mirror.offline")
+
+
+class InputError(Exception):
+    """A file cannot be read at all (missing, unreadable or too large)."""
+
+
+@dataclass
+class Item:
+    """One unit read from a file: a document, a record line or an event line.
+
+    ``value`` is None and ``error`` set when the item did not decode.
+    """
+
+    label: str
+    kind: str
+    value: dict[str, Any] | None = None
+    error: InvalidInput | None = None
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(DOCUMENT_LIMITS.max_bytes + 1)
+        else:
+            size = Path(path).stat().st_size
+            if size > DOCUMENT_LIMITS.max_bytes:
+                raise InputError(f"{path}: file of {size} bytes exceeds the limit of {DOCUMENT_LIMITS.max_bytes} bytes")
+            data = Path(path).read_bytes()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read: {error.strerror}") from None
+    if len(data) > DOCUMENT_LIMITS.max_bytes:
+        raise InputError(f"{path}: input exceeds the limit of {DOCUMENT_LIMITS.max_bytes} bytes")
+    return data
+
+
+def read_items(path: str) -> Iterator[Item]:
+    """Yield the items of one input file.
+
+    Raises:
+        InputError: the file cannot be read.
+    """
+    data = _read_bytes(path)
+    if path.endswith(".jsonl"):
+        for number, line in enumerate(data.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            label = f"{path}:{number}"
+            try:
+                value = read_document(line)
+            except InvalidInput as error:
+                yield Item(label, "line", error=error)
+                continue
+            yield Item(label, "event" if "event_type" in value else "record", value)
+        return
+
+    try:
+        value = read_document(data)
+        kind = document_kind(value)
+    except InvalidInput as error:
+        yield Item(path, "document", error=error)
+        return
+    yield Item(path, kind, value)
+
+
+def _describe(value: dict[str, Any]) -> str:
+    number = value.get("pith_number") or value.get("subject_pith_number")
+    return number if isinstance(number, str) else "?"
+
+
+def verify_item(item: Item, trust: TrustConfig) -> tuple[bool, str]:
+    """Verify one item; return whether it passed and a one-line report."""
+    if item.error is not None or item.value is None:
+        return False, f"FAIL {item.label}: {item.error}"
+    value = item.value
+    name = _describe(value)
+    try:
+        if item.kind == "record":
+            passed = check_record_line(value, trust)
+        elif item.kind == "state":
+            passed = check_state(value, trust)
+        elif item.kind == "bundle":
+            passed = _check_bundle(value, trust)
+        else:
+            return False, f"FAIL {item.label}: an event line can only be checked by merge, together with its record"
+    except InvalidInput as error:
+        return False, f"FAIL {item.label} {item.kind} {name}: {error}"
+    return True, f"OK   {item.label} {item.kind} {name}: {'; '.join(passed)}"
+
+
+def _check_bundle(value: dict[str, Any], trust: TrustConfig) -> list[str]:
+    merge_input = bundle_input(value)
+    state = merge(merge_input.record, merge_input.aliases, merge_input.events, trust)
+    if state["invalid_events"]:
+        entry = state["invalid_events"][0]
+        raise DocumentError(
+            "events", f"{state['invalid_event_count']} invalid events; first {entry['event_id']}: {entry['reason']}"
+        )
+    return [
+        "canonical_sha256 and pith_number",
+        "source_aliases",
+        f"{state['valid_event_count']} events (ids, signatures, receipts)",
+        f"{state['equivocation_count']} equivocations",
+        f"state_sha256 {state['state_sha256']}",
+    ]
+
+
+@dataclass
+class _Subject:
+    record: dict[str, Any] | None = None
+    aliases: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+
+
+def merge_items(items: list[Item], trust: TrustConfig) -> list[dict[str, Any]]:
+    """Merge every bundle, state and event item by subject; return states in Pith number order.
+
+    Raises:
+        InvalidInput: an item did not decode, a header is invalid, or events
+            name a subject whose record is in no input.
+    """
+    subjects: dict[str, _Subject] = {}
+    for item in items:
+        if item.error is not None or item.value is None:
+            raise item.error or DocumentError("", f"{item.label} did not decode")
+        if item.kind == "event":
+            subject = item.value.get("subject_pith_number")
+            if not isinstance(subject, str):
+                raise DocumentError(f"{item.label}.subject_pith_number", "missing or not text")
+            subjects.setdefault(subject, _Subject()).events.append(item.value)
+            continue
+        if item.kind == "bundle":
+            merge_input = bundle_input(item.value)
+        elif item.kind == "state":
+            merge_input = state_input(item.value)
+        else:
+            raise DocumentError(item.label, "a record line has no events to merge; use verify")
+        entry = subjects.setdefault(merge_input.pith_number, _Subject())
+        entry.record = merge_input.record
+        entry.aliases.extend(merge_input.aliases)
+        entry.events.extend(merge_input.events)
+
+    states = []
+    for number in sorted(subjects):
+        entry = subjects[number]
+        if entry.record is None:
+            raise DocumentError("subject_pith_number", f"events name {number}, but no bundle or state in the input holds its record")
+        states.append(merge(entry.record, entry.aliases, entry.events, trust))
+    return states

@@ -1,0 +1,274 @@
+"""Canonical JSON: the exact bytes every Pith hash is computed over.
+
+The Pith registry hashes the UTF-8 bytes of::
+
+    json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+``sort_keys`` orders object keys by Unicode code point, which differs from
+the UTF-16 code unit order of RFC 8785 for characters above U+FFFF. Every
+replica must use code point order, or the same document hashes differently.
+
+The value model is deliberately smaller than JSON's, so that one value has
+exactly one encoding on every replica and in every language:
+
+* objects with text keys, arrays, text, ``true``, ``false`` and ``null``;
+* integers in the exact range of an IEEE 754 double, -(2**53 - 1) to
+  2**53 - 1, because a reader that decodes numbers as doubles would see
+  another value outside it;
+* no non-integer numbers at all. ``1.0``, ``1e0``, ``-0.0`` and ``1e-05``
+  have several spellings across encoders, and no published Pith record holds
+  one. ``-0`` is rejected too, because it is a second spelling of ``0``;
+* text must be valid Unicode: an unpaired surrogate has no UTF-8 encoding.
+
+``parse_json`` is the strict reader for outside bytes. It also rejects
+duplicate object keys at any depth (including keys that only differ by
+escaping), nesting deeper than ``Limits.max_depth``, more than
+``Limits.max_values`` values and more than ``Limits.max_bytes`` bytes. Every
+rejection is a ``CanonicalJSONError`` whose ``field`` is the path of the
+offending value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CanonicalJSONError, quote_value
+
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "Limits",
+    "DEFAULT_LIMITS",
+    "canonical_bytes",
+    "canonical_sha256",
+    "check_value",
+    "parse_json",
+    "field_path",
+]
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+# The longest decimal spelling of a safe integer has 16 digits; anything
+# longer is out of range, and checking the length first keeps a 4,301-digit
+# number from reaching int(), which raises a plain ValueError for it.
+_MAX_INTEGER_DIGITS = 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied to a JSON document read from outside.
+
+    Attributes:
+        max_bytes: largest accepted encoded document, in bytes.
+        max_depth: deepest accepted nesting; the top-level value is depth 1.
+        max_values: most values (objects, arrays, strings, numbers, literals
+            and keys) in one document.
+    """
+
+    max_bytes: int = 16 * 1024 * 1024
+    max_depth: int = 32
+    max_values: int = 2_000_000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class _Rejected:
+    """Placeholder the JSON decoder hooks leave where a value was rejected.
+
+    The hooks cannot know where in the document they are, so they leave this
+    marker and ``check_value`` raises with the full field path when it meets it.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _parse_int(text: str) -> int | _Rejected:
+    digits = text[1:] if text.startswith("-") else text
+    if len(digits) > _MAX_INTEGER_DIGITS:
+        return _Rejected(f"integer {quote_value(text)} is outside the safe range ±(2**53 - 1)")
+    if text == "-0":
+        return _Rejected("negative zero '-0' is a second spelling of 0")
+    value = int(text)
+    if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return _Rejected(f"integer {text} is outside the safe range ±(2**53 - 1)")
+    return value
+
+
+def _parse_float(text: str) -> _Rejected:
+    return _Rejected(f"non-integer number {quote_value(text)} is not allowed")
+
+
+def _parse_constant(text: str) -> _Rejected:
+    return _Rejected(f"{text} is not a finite number and not JSON")
+
+
+def _build_object(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Rejected:
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return _Rejected(f"duplicate key {quote_value(key)}")
+        seen.add(key)
+    raise AssertionError("unreachable: dict shrank without a duplicate key")
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_build_object,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+    parse_constant=_parse_constant,
+    strict=True,
+)
+
+
+def field_path(parent: str, key: str | int) -> str:
+    """Return the dotted path of ``key`` inside the value at ``parent``."""
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    if key.isidentifier():
+        return f"{parent}.{key}" if parent else key
+    return f"{parent}[{quote_value(key)}]"
+
+
+def _has_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_value(value: Any, path: str = "", limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise CanonicalJSONError unless ``value`` is in the canonical value model.
+
+    Args:
+        value: a decoded JSON value.
+        path: field path of ``value``, used in error messages.
+        limits: nesting and size bounds to enforce.
+
+    Raises:
+        CanonicalJSONError: names the path of the first offending value.
+    """
+    budget = [limits.max_values]
+    _check(value, path, 1, limits.max_depth, budget)
+
+
+def _check(value: Any, path: str, depth: int, max_depth: int, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CanonicalJSONError(path, "document holds too many values")
+
+    # bool is a subclass of int, so it must be tested first.
+    if value is None or value is True or value is False:
+        return
+    kind = type(value)
+    if kind is str:
+        if _has_surrogate(value):
+            raise CanonicalJSONError(path, "text contains an unpaired surrogate")
+        return
+    if kind is int:
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise CanonicalJSONError(
+                path, f"integer {quote_value(value)} is outside the safe range ±(2**53 - 1)"
+            )
+        return
+    if kind is dict:
+        if depth > max_depth:
+            raise CanonicalJSONError(path, f"nesting is deeper than {max_depth} levels")
+        for key, item in value.items():
+            if type(key) is not str:
+                raise CanonicalJSONError(path, f"object key {quote_value(key)} is not text")
+            if _has_surrogate(key):
+                raise CanonicalJSONError(path, "object key contains an unpaired surrogate")
+            budget[0] -= 1
+            _check(item, field_path(path, key), depth + 1, max_depth, budget)
+        return
+    if kind is list:
+        if depth > max_depth:
+            raise CanonicalJSONError(path, f"nesting is deeper than {max_depth} levels")
+        for index, item in enumerate(value):
+            _check(item, field_path(path, index), depth + 1, max_depth, budget)
+        return
+    if kind is _Rejected:
+        raise CanonicalJSONError(path, value.reason)
+    if kind is float:
+        raise CanonicalJSONError(path, f"non-integer number {quote_value(value)} is not allowed")
+    raise CanonicalJSONError(path, f"value of type {kind.__name__} is not allowed in JSON")
+
+
+def parse_json(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode one JSON document from outside, strictly.
+
+    Args:
+        data: the document as UTF-8 bytes (no byte order mark) or as text.
+        limits: size, nesting and value-count bounds.
+
+    Returns:
+        The decoded value, guaranteed to be in the canonical value model.
+
+    Raises:
+        CanonicalJSONError: the document is too large, is not UTF-8, is not
+            JSON, or holds a value outside the model; ``field`` is the path.
+    """
+    if len(data) > limits.max_bytes:
+        raise CanonicalJSONError(
+            "", f"document of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes"
+        )
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CanonicalJSONError(
+                "", f"document is not valid UTF-8 at byte {error.start}"
+            ) from None
+    else:
+        text = data
+    if text.startswith("\ufeff"):
+        raise CanonicalJSONError("", "document starts with a byte order mark")
+
+    try:
+        value = _DECODER.decode(text)
+    except json.JSONDecodeError as error:
+        raise CanonicalJSONError(
+            "", f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise CanonicalJSONError("", "nesting is too deep to decode") from None
+    except ValueError as error:
+        # The C decoder raises plain ValueError for a few inputs that are not
+        # JSONDecodeError; they are still bad input.
+        raise CanonicalJSONError("", f"not valid JSON: {error}") from None
+
+    check_value(value, "", limits)
+    return value
+
+
+def canonical_bytes(value: Any, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Return the canonical JSON encoding of ``value``.
+
+    Raises:
+        CanonicalJSONError: ``value`` is outside the canonical value model.
+    """
+    check_value(value, "", limits)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def canonical_sha256(value: Any) -> str:
+    """Return the lowercase hex SHA-256 of the canonical JSON of ``value``.
+
+    Raises:
+        CanonicalJSONError: ``value`` is outside the canonical value model.
+    """
+    return hashlib.sha256(canonical_bytes(value)).hexdigest()
