@@ -31,6 +31,7 @@ offending value.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -80,12 +81,15 @@ class _Rejected:
 
     The hooks cannot know where in the document they are, so they leave this
     marker and ``check_value`` raises with the full field path when it meets it.
+    ``key`` is set when the fault is one key of the rejected object, such as
+    a duplicate, so that the path names that key.
     """
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "key")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, key: str | None = None) -> None:
         self.reason = reason
+        self.key = key
 
 
 def _parse_int(text: str) -> int | _Rejected:
@@ -115,7 +119,7 @@ def _build_object(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Rejected:
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            return _Rejected(f"duplicate key {quote_value(key)}")
+            return _Rejected(f"duplicate key {quote_value(key)}", key)
         seen.add(key)
     raise AssertionError("unreachable: dict shrank without a duplicate key")
 
@@ -148,8 +152,16 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
+# Location of a value: None for the top-level value, else a pair of the
+# parent's location and the key or index inside the parent.
+_Location = tuple[Any, "str | int"] | None
+
+
 def check_value(value: Any, path: str = "", limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise CanonicalJSONError unless ``value`` is in the canonical value model.
+
+    The walk uses an explicit stack instead of recursion, so any nesting the
+    limits allow is checked without a RecursionError.
 
     Args:
         value: a decoded JSON value.
@@ -157,53 +169,78 @@ def check_value(value: Any, path: str = "", limits: Limits = DEFAULT_LIMITS) -> 
         limits: nesting and size bounds to enforce.
 
     Raises:
-        CanonicalJSONError: names the path of the first offending value.
+        CanonicalJSONError: names the path of the first offending value, in
+            document order.
     """
-    budget = [limits.max_values]
-    _check(value, path, 1, limits.max_depth, budget)
-
-
-def _check(value: Any, path: str, depth: int, max_depth: int, budget: list[int]) -> None:
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise CanonicalJSONError(path, "document holds too many values")
-
-    # bool is a subclass of int, so it must be tested first.
-    if value is None or value is True or value is False:
-        return
-    kind = type(value)
-    if kind is str:
-        if _has_surrogate(value):
-            raise CanonicalJSONError(path, "text contains an unpaired surrogate")
-        return
-    if kind is int:
-        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise CanonicalJSONError(
-                path, f"integer {quote_value(value)} is outside the safe range ±(2**53 - 1)"
-            )
-        return
-    if kind is dict:
-        if depth > max_depth:
-            raise CanonicalJSONError(path, f"nesting is deeper than {max_depth} levels")
-        for key, item in value.items():
+    remaining = limits.max_values
+    max_depth = limits.max_depth
+    # Each entry is (value, depth, location, is_object_member). The text path
+    # is built from the location only when an error is raised.
+    stack: list[tuple[Any, int, _Location, bool]] = [(value, 1, None, False)]
+    while stack:
+        item, depth, location, is_member = stack.pop()
+        if is_member and location is not None:
+            parent, key = location
             if type(key) is not str:
-                raise CanonicalJSONError(path, f"object key {quote_value(key)} is not text")
+                raise CanonicalJSONError(_path_of(path, parent), f"object key {quote_value(key)} is not text")
             if _has_surrogate(key):
-                raise CanonicalJSONError(path, "object key contains an unpaired surrogate")
-            budget[0] -= 1
-            _check(item, field_path(path, key), depth + 1, max_depth, budget)
-        return
-    if kind is list:
-        if depth > max_depth:
-            raise CanonicalJSONError(path, f"nesting is deeper than {max_depth} levels")
-        for index, item in enumerate(value):
-            _check(item, field_path(path, index), depth + 1, max_depth, budget)
-        return
-    if kind is _Rejected:
-        raise CanonicalJSONError(path, value.reason)
-    if kind is float:
-        raise CanonicalJSONError(path, f"non-integer number {quote_value(value)} is not allowed")
-    raise CanonicalJSONError(path, f"value of type {kind.__name__} is not allowed in JSON")
+                raise CanonicalJSONError(_path_of(path, location), "object key contains an unpaired surrogate")
+            remaining -= 1
+        remaining -= 1
+        if remaining < 0:
+            raise CanonicalJSONError(
+                _path_of(path, location), f"document contains more than {limits.max_values} values"
+            )
+
+        # bool is a subclass of int, so it must be tested first.
+        if item is None or item is True or item is False:
+            continue
+        kind = type(item)
+        if kind is str:
+            if _has_surrogate(item):
+                raise CanonicalJSONError(_path_of(path, location), "text contains an unpaired surrogate")
+        elif kind is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise CanonicalJSONError(
+                    _path_of(path, location),
+                    f"integer {quote_value(item)} is outside the safe range ±(2**53 - 1)",
+                )
+        elif kind is dict or kind is list:
+            if depth > max_depth:
+                raise CanonicalJSONError(_path_of(path, location), f"nesting is deeper than {max_depth} levels")
+            # Members are pushed in reverse, so they are checked in document
+            # order. Members past the value budget are never reached, so they
+            # are not pushed, which keeps the stack small for a huge container.
+            count = min(len(item), remaining + 1)
+            if kind is dict:
+                members = list(itertools.islice(item.items(), count))
+                for key, member in reversed(members):
+                    stack.append((member, depth + 1, (location, key), True))
+            else:
+                for index in range(count - 1, -1, -1):
+                    stack.append((item[index], depth + 1, (location, index), False))
+        elif kind is _Rejected:
+            where = location if item.key is None else (location, item.key)
+            raise CanonicalJSONError(_path_of(path, where), item.reason)
+        elif kind is float:
+            raise CanonicalJSONError(
+                _path_of(path, location), f"non-integer number {quote_value(item)} is not allowed"
+            )
+        else:
+            raise CanonicalJSONError(
+                _path_of(path, location), f"value of type {kind.__name__} is not allowed in JSON"
+            )
+
+
+def _path_of(base: str, location: _Location) -> str:
+    keys: list[str | int] = []
+    while location is not None:
+        location, key = location
+        keys.append(key)
+    path = base
+    for key in reversed(keys):
+        path = field_path(path, key)
+    return path
 
 
 def parse_json(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> Any:
@@ -220,19 +257,30 @@ def parse_json(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> Any:
         CanonicalJSONError: the document is too large, is not UTF-8, is not
             JSON, or holds a value outside the model; ``field`` is the path.
     """
-    if len(data) > limits.max_bytes:
+    if isinstance(data, str):
+        if len(data) > limits.max_bytes:
+            raise CanonicalJSONError(
+                "", f"document of {len(data)} characters exceeds the limit of {limits.max_bytes} bytes"
+            )
+        # A code point takes 1 to 4 bytes in UTF-8, so the exact size matters
+        # only when it could exceed the limit. A surrogate counts 3 bytes,
+        # and check_value rejects it later.
+        size = len(data) if len(data) * 4 <= limits.max_bytes else len(data.encode("utf-8", "surrogatepass"))
+    else:
+        size = memoryview(data).nbytes
+    if size > limits.max_bytes:
         raise CanonicalJSONError(
-            "", f"document of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes"
+            "", f"document of {size} bytes exceeds the limit of {limits.max_bytes} bytes"
         )
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    if isinstance(data, str):
+        text = data
+    else:
         try:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as error:
             raise CanonicalJSONError(
                 "", f"document is not valid UTF-8 at byte {error.start}"
             ) from None
-    else:
-        text = data
     if text.startswith("\ufeff"):
         raise CanonicalJSONError("", "document starts with a byte order mark")
 
@@ -260,9 +308,14 @@ def canonical_bytes(value: Any, limits: Limits = DEFAULT_LIMITS) -> bytes:
         CanonicalJSONError: ``value`` is outside the canonical value model.
     """
     check_value(value, "", limits)
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        # The standard encoder recurses once per level, so nesting that a
+        # caller's large Limits.max_depth allows can still exceed the
+        # interpreter's recursion limit.
+        raise CanonicalJSONError("", "nesting is too deep to encode") from None
+    return text.encode("utf-8")
 
 
 def canonical_sha256(value: Any) -> str:
