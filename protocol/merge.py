@@ -132,15 +132,23 @@ def _resolve_slots(valid: Iterable[Event]) -> tuple[dict[tuple[str, str, str], E
     Within one (event type, signer, slot) the latest ``created_at`` wins.
     Several events sharing a ``created_at`` are an equivocation: they are
     kept as proof, and if they are the latest, the slot has no winner.
+    A slot that contains a signed event ignores its unsigned registry events,
+    because anyone can write an unsigned event under the registry's
+    fingerprint, and it must not supersede or hide what the registry signed.
     """
-    slots: dict[tuple[str, str, str], dict[str, list[Event]]] = {}
+    slots: dict[tuple[str, str, str], list[Event]] = {}
     for event in valid:
         key = (event.event_type, event.signer_fingerprint, event.slot)
-        slots.setdefault(key, {}).setdefault(event.created_at, []).append(event)
+        slots.setdefault(key, []).append(event)
 
     winners: dict[tuple[str, str, str], Event] = {}
     equivocations: list[dict[str, Any]] = []
-    for key, by_time in slots.items():
+    for key, events in slots.items():
+        if any(event.signed for event in events):
+            events = [event for event in events if event.signed]
+        by_time: dict[str, list[Event]] = {}
+        for event in events:
+            by_time.setdefault(event.created_at, []).append(event)
         for created_at, group in by_time.items():
             if len(group) > 1:
                 event_type, fingerprint, slot = key
@@ -165,7 +173,8 @@ def _withdrawn_ids(winners: Iterable[Event]) -> set[str]:
     """Return the ids that winning corrections withdraw from ``current``.
 
     A correction withdraws an event only when both have the same signer, so
-    nobody can withdraw another signer's event.
+    nobody can withdraw another signer's event. An unsigned correction
+    cannot withdraw a signed event, for the reason given in ``_resolve_slots``.
     """
     winners = list(winners)
     by_id = {event.event_id: event for event in winners}
@@ -175,6 +184,8 @@ def _withdrawn_ids(winners: Iterable[Event]) -> set[str]:
             continue
         target = by_id.get(event.payload["corrects_event_id"])
         if target is None or target.event_type in _NOT_WITHDRAWABLE:
+            continue
+        if target.signed and not event.signed:
             continue
         if target.signer_fingerprint == event.signer_fingerprint:
             withdrawn.add(target.event_id)

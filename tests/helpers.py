@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 from typing import Any
 
@@ -45,6 +46,8 @@ __all__ = [
     "valid_payload",
     "mutable",
     "resign",
+    "sign_with_nonce",
+    "with_nonce",
     "BODY_FIELDS",
 ]
 
@@ -186,14 +189,14 @@ def _freeze(value: Any) -> str:
 
 
 @functools.cache
-def _signed(label: str, event_type: str, payload_json: str, created_at: str, subject: str, signer_type: str) -> str:
+def _signed(label: str, event_type: str, payload_json: str, created_at: str, subject: str, signer_type: str, key_id: str) -> str:
     event = build_event(
         key(label),
         event_type=event_type,
         subject=subject,
         payload=json.loads(payload_json),
         created_at=created_at,
-        key_id=f"{label}-key",
+        key_id=key_id,
         signer_id=f"{label}.example.org",
         signer_type=signer_type,
     )
@@ -208,9 +211,14 @@ def signed_event(
     *,
     subject: str = SUBJECT,
     signer_type: str = "mirror",
+    key_id: str | None = None,
 ) -> dict[str, Any]:
-    """Return a fresh copy of an envelope v1 event signed by ``key(label)``."""
-    return json.loads(_signed(label, event_type, _freeze(payload), created_at, subject, signer_type))
+    """Return a fresh copy of an envelope v1 event signed by ``key(label)``.
+
+    ``key_id`` defaults to ``label`` + ``-key``.
+    """
+    raw = _signed(label, event_type, _freeze(payload), created_at, subject, signer_type, key_id or f"{label}-key")
+    return json.loads(raw)
 
 
 def resign(event: dict[str, Any], signing_key: SigningKey) -> dict[str, Any]:
@@ -223,6 +231,71 @@ def resign(event: dict[str, Any], signing_key: SigningKey) -> dict[str, Any]:
     event_id = compute_event_id(body)
     signature = signing_key.sign(bytes.fromhex(event_id.removeprefix("sha256:")))
     return {"event_id": event_id, **body, "signature_b64": encode_signature_b64(signature)}
+
+
+# Ed25519 (RFC 8032, section 5.1) in plain integers, used only to make a
+# second valid signature of one message with another nonce.
+_P = 2**255 - 19
+_L = 2**252 + 27742317777372353535851937790883648493
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_BASE_Y = 4 * pow(5, _P - 2, _P) % _P
+
+
+def _recover_x(y: int, sign: int) -> int:
+    x_squared = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    x = pow(x_squared, (_P + 3) // 8, _P)
+    if (x * x - x_squared) % _P != 0:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    if x & 1 != sign:
+        x = _P - x
+    return x
+
+
+def _point_add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % _P
+    x3 = (x1 * y2 + x2 * y1) * pow(1 + t, _P - 2, _P) % _P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, _P - 2, _P) % _P
+    return x3, y3
+
+
+def _scalar_multiply(scalar: int, point: tuple[int, int]) -> tuple[int, int]:
+    result = (0, 1)
+    while scalar:
+        if scalar & 1:
+            result = _point_add(result, point)
+        point = _point_add(point, point)
+        scalar >>= 1
+    return result
+
+
+def _encode_point(point: tuple[int, int]) -> bytes:
+    x, y = point
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+
+def sign_with_nonce(signing_key: SigningKey, message: bytes, nonce: int) -> bytes:
+    """Return a valid Ed25519 signature of ``message`` whose nonce is ``nonce``.
+
+    Standard Ed25519 derives the nonce from the key and message, so it
+    always gives one signature. Any nonce yields a signature that verifies.
+    """
+    digest = hashlib.sha512(signing_key.seed()).digest()
+    scalar = int.from_bytes(digest[:32], "little")
+    scalar &= (1 << 254) - 8
+    scalar |= 1 << 254
+    base = (_recover_x(_BASE_Y, 0), _BASE_Y)
+    r_encoded = _encode_point(_scalar_multiply(nonce % _L, base))
+    challenge = int.from_bytes(hashlib.sha512(r_encoded + signing_key.public_key + message).digest(), "little")
+    s_value = (nonce + challenge * scalar) % _L
+    return r_encoded + s_value.to_bytes(32, "little")
+
+
+def with_nonce(event: dict[str, Any], signing_key: SigningKey, nonce: int) -> dict[str, Any]:
+    """Return ``event`` with a second valid signature made with ``nonce``."""
+    message = bytes.fromhex(event["event_id"].removeprefix("sha256:"))
+    signature = sign_with_nonce(signing_key, message, nonce)
+    return {**copy.deepcopy(event), "signature_b64": encode_signature_b64(signature)}
 
 
 def unsigned_registry_event(
