@@ -59,8 +59,11 @@ _BASE32_CHARS = "A-Z2-7"
 _PITH_NUMBER = re.compile(rf"\Apith:(\d{{4}}):([{_BASE32_CHARS}]{{26}})\Z", re.ASCII)
 _SUFFIX = re.compile(rf"\A[{_BASE32_CHARS}]{{26}}\Z", re.ASCII)
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z", re.ASCII)
-# New-style arXiv identifiers: YYMM.NNNN from 2007 to 2014, YYMM.NNNNN since.
-_ARXIV_NEW = re.compile(r"\A\d{2}(0[1-9]|1[0-2])\.\d{4,5}\Z", re.ASCII)
+# New-style arXiv identifiers: YYMM.NNNN from April 2007 (0704) to December
+# 2014, YYMM.NNNNN since January 2015 (1501).
+_ARXIV_NEW = re.compile(r"\A(\d{2}(?:0[1-9]|1[0-2]))\.(\d{4,5})\Z", re.ASCII)
+_ARXIV_NEW_FIRST_MONTH = "0704"
+_ARXIV_FIVE_DIGITS_FROM = "1501"
 # Old-style identifiers: archive name, optional dotted subject class, slash,
 # YYMMNNN (for example hep-lat/0305021 or math.GT/0309136).
 _ARXIV_OLD = re.compile(r"\A[a-z]+(-[a-z]+)*(\.[A-Z]{2})?/\d{2}(0[1-9]|1[0-2])\d{3}\Z", re.ASCII)
@@ -132,11 +135,19 @@ def short_pith_number(pith_number: str) -> str:
 
 def parse_arxiv_id(text: object, field: str = "source.id") -> str:
     """Return ``text`` if it is an unversioned arXiv identifier, new or old style."""
-    if not isinstance(text, str) or not (
-        _ARXIV_NEW.match(text) or _ARXIV_OLD.match(text)
-    ):
-        raise IdentifierError(field, f"{quote_value(text)} is not an arXiv identifier")
-    return text
+    if isinstance(text, str) and (_ARXIV_OLD.match(text) or _is_new_arxiv_id(text)):
+        return text
+    raise IdentifierError(field, f"{quote_value(text)} is not an arXiv identifier")
+
+
+def _is_new_arxiv_id(text: str) -> bool:
+    match = _ARXIV_NEW.match(text)
+    if match is None:
+        return False
+    month, number = match.groups()
+    if month < _ARXIV_NEW_FIRST_MONTH:
+        return False
+    return len(number) == (5 if month >= _ARXIV_FIVE_DIGITS_FROM else 4)
 
 
 def _require_object(value: Any, field: str) -> dict[str, Any]:
@@ -230,10 +241,14 @@ def _check_alias_without_record(kind: str, value: str, aliases: dict[str, str], 
             raise IdentifierError(field, f"{quote_value(value)} is not a versioned arXiv identifier")
         parse_arxiv_id(match.group(1), field)
         if "arxiv" in aliases and match.group(1) != aliases["arxiv"]:
-            raise IdentifierError(field, f"{value!r} does not version arxiv alias {aliases['arxiv']!r}")
+            raise IdentifierError(
+                field, f"{quote_value(value)} does not version arxiv alias {quote_value(aliases['arxiv'])}"
+            )
     elif kind == "doi":
         if "arxiv" in aliases and value != ARXIV_DOI_PREFIX + aliases["arxiv"].lower():
-            raise IdentifierError(field, f"{value!r} is not the DOI of arxiv alias {aliases['arxiv']!r}")
+            raise IdentifierError(
+                field, f"{quote_value(value)} is not the DOI of arxiv alias {quote_value(aliases['arxiv'])}"
+            )
         if not value.startswith(ARXIV_DOI_PREFIX):
             raise IdentifierError(field, f"{quote_value(value)} is not an arXiv DOI")
 
@@ -272,7 +287,7 @@ def check_aliases(
         if kind in by_kind and by_kind[kind] != value:
             raise IdentifierError(
                 field_path(field, index),
-                f"second {kind} alias {quote_value(value)} conflicts with {by_kind[kind]!r}",
+                f"second {kind} alias {quote_value(value)} conflicts with {quote_value(by_kind[kind])}",
             )
         by_kind[kind] = value
 
