@@ -17,7 +17,7 @@ import calendar
 import re
 import time
 
-from .errors import InvalidInput, quote_value
+from .errors import InvalidInput, UsageError, quote_value
 
 __all__ = [
     "MAX_FUTURE_SKEW_SECONDS",
@@ -30,6 +30,9 @@ __all__ = [
 # rejected at ingest. The merge never reads a clock, so this bound is applied
 # by node/ when an event arrives, not by merge().
 MAX_FUTURE_SKEW_SECONDS = 600
+
+# 9999-12-31T23:59:59Z, the last second the four-digit form can write.
+_MAX_UNIX_SECONDS = 253_402_300_799
 
 _TIMESTAMP = re.compile(r"\A(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z\Z", re.ASCII)
 
@@ -59,7 +62,14 @@ def parse_timestamp(text: object, field: str = "created_at") -> int:
 
 
 def format_timestamp(unix_seconds: int | float) -> str:
-    """Return the strict UTC form of a Unix time, truncated to whole seconds."""
+    """Return the strict UTC form of a Unix time, truncated to whole seconds.
+
+    Raises:
+        UsageError: the time is before 1970 or after 9999, where the strict
+            form does not exist.
+    """
+    if not 0 <= unix_seconds < _MAX_UNIX_SECONDS + 1:
+        raise UsageError(f"Unix time {unix_seconds!r} is outside 1970..9999 and has no timestamp form")
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(unix_seconds)))
 
 
