@@ -26,7 +26,7 @@ from protocol import (
 )
 
 from .keyfile import KeyFileError, create_key_file, load_key_file
-from .offline import InputError, merge_items, read_items, verify_item
+from .offline import InputError, MergeInputError, merge_items, read_items, verify_item
 
 __all__ = ["main", "build_parser"]
 
@@ -88,7 +88,7 @@ def command_merge(args: argparse.Namespace) -> int:
         items.extend(read_items(path))
     try:
         states = merge_items(items, trust)
-    except InvalidInput as error:
+    except (MergeInputError, InvalidInput) as error:
         print(f"error: cannot merge: {error}", file=sys.stderr)
         return EXIT_FAILED
     for state in states:

@@ -33,7 +33,7 @@ from protocol import (
 )
 from protocol.documents import DOCUMENT_LIMITS
 
-__all__ = ["InputError", "Item", "read_items", "verify_item", "merge_items"]
+__all__ = ["InputError", "Item", "MergeInputError", "read_items", "verify_item", "merge_items"]
 
 logger = logging.getLogger("pith_mirror.offline")
 
@@ -142,6 +142,27 @@ def _check_bundle(value: dict[str, Any], trust: TrustConfig) -> list[str]:
     ]
 
 
+def _add_item(subjects: dict[str, _Subject], item: Item) -> None:
+    if item.error is not None or item.value is None:
+        raise item.error or DocumentError("", "did not decode")
+    if item.kind == "event":
+        subject = item.value.get("subject_pith_number")
+        if not isinstance(subject, str):
+            raise DocumentError("subject_pith_number", "missing or not text")
+        subjects.setdefault(subject, _Subject()).events.append(item.value)
+        return
+    if item.kind == "bundle":
+        merge_input = bundle_input(item.value)
+    elif item.kind == "state":
+        merge_input = state_input(item.value)
+    else:
+        raise DocumentError("", "a record line has no events to merge; use verify")
+    entry = subjects.setdefault(merge_input.pith_number, _Subject())
+    entry.record = merge_input.record
+    entry.aliases.extend(merge_input.aliases)
+    entry.events.extend(merge_input.events)
+
+
 @dataclass
 class _Subject:
     record: dict[str, Any] | None = None
@@ -149,33 +170,28 @@ class _Subject:
     events: list[Any] = field(default_factory=list)
 
 
+class MergeInputError(Exception):
+    """An input item cannot be merged; the message names the item and the field."""
+
+    def __init__(self, label: str, error: InvalidInput) -> None:
+        super().__init__(f"{label}: {error}")
+        self.label = label
+        self.error = error
+
+
 def merge_items(items: list[Item], trust: TrustConfig) -> list[dict[str, Any]]:
     """Merge every bundle, state and event item by subject; return states in Pith number order.
 
     Raises:
-        InvalidInput: an item did not decode, a header is invalid, or events
-            name a subject whose record is in no input.
+        MergeInputError: an item did not decode or has an invalid header.
+        InvalidInput: events name a subject whose record is in no input.
     """
     subjects: dict[str, _Subject] = {}
     for item in items:
-        if item.error is not None or item.value is None:
-            raise item.error or DocumentError("", f"{item.label} did not decode")
-        if item.kind == "event":
-            subject = item.value.get("subject_pith_number")
-            if not isinstance(subject, str):
-                raise DocumentError(f"{item.label}.subject_pith_number", "missing or not text")
-            subjects.setdefault(subject, _Subject()).events.append(item.value)
-            continue
-        if item.kind == "bundle":
-            merge_input = bundle_input(item.value)
-        elif item.kind == "state":
-            merge_input = state_input(item.value)
-        else:
-            raise DocumentError(item.label, "a record line has no events to merge; use verify")
-        entry = subjects.setdefault(merge_input.pith_number, _Subject())
-        entry.record = merge_input.record
-        entry.aliases.extend(merge_input.aliases)
-        entry.events.extend(merge_input.events)
+        try:
+            _add_item(subjects, item)
+        except InvalidInput as error:
+            raise MergeInputError(item.label, error) from None
 
     states = []
     for number in sorted(subjects):
