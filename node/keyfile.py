@@ -87,14 +87,21 @@ def load_key_file(path: Path) -> KeyFile:
     """
     try:
         info = path.stat()
-        data = path.read_bytes()
     except OSError as error:
         raise KeyFileError(f"cannot read key file {path}: {error.strerror}") from None
+    # A FIFO or device would block or never end, so only a regular file is read.
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFileError(f"key file {path} is not a regular file")
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             f"key file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
             f"run 'chmod 600 {path}' so only its owner can read it"
         )
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_KEY_FILE_LIMITS.max_bytes + 1)
+    except OSError as error:
+        raise KeyFileError(f"cannot read key file {path}: {error.strerror}") from None
     try:
         document = parse_json(data, _KEY_FILE_LIMITS)
     except InvalidInput as error:

@@ -56,6 +56,8 @@ class Item:
 
 
 def _read_bytes(path: str) -> bytes:
+    # Reads stop one byte past the limit, because a device or pipe such as
+    # /dev/zero reports size 0 and never ends.
     try:
         if path == "-":
             data = sys.stdin.buffer.read(DOCUMENT_LIMITS.max_bytes + 1)
@@ -63,7 +65,8 @@ def _read_bytes(path: str) -> bytes:
             size = Path(path).stat().st_size
             if size > DOCUMENT_LIMITS.max_bytes:
                 raise InputError(f"{path}: file of {size} bytes exceeds the limit of {DOCUMENT_LIMITS.max_bytes} bytes")
-            data = Path(path).read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read(DOCUMENT_LIMITS.max_bytes + 1)
     except OSError as error:
         raise InputError(f"{path}: cannot read: {error.strerror}") from None
     if len(data) > DOCUMENT_LIMITS.max_bytes:
