@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from .identifiers import (
 )
 from .keys import decode_signature_b64, verify_signature
 from .merge import LIST_NAMES, _classify, merge, state_hash
+from .payloads import EVENT_ID_PATTERN
 from .trust import MERGE_VERSION, TrustConfig
 
 __all__ = [
@@ -57,6 +59,7 @@ MAX_BUNDLE_EVENTS = 10_000
 DOCUMENT_LIMITS = Limits(max_bytes=64 * 1024 * 1024, max_depth=32, max_values=4_000_000)
 
 _EVENT_LISTS = {name: event_type for event_type, name in LIST_NAMES.items()}
+_CURRENT_FIELDS = frozenset({"canonical_record", "source_aliases", "record_created", *_EVENT_LISTS})
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,11 @@ def state_input(document: dict[str, Any]) -> MergeInput:
     if document.get("merge_version") != MERGE_VERSION:
         raise DocumentError("merge_version", f"{quote_value(document.get('merge_version'))} is not {MERGE_VERSION!r}")
     current = _require(document, "current", dict)
+    for key in current:
+        if key not in _CURRENT_FIELDS:
+            raise DocumentError(field_path("current", key), "unknown field")
+    if "record_created" not in current:
+        raise DocumentError("current.record_created", "missing (it is null when no event created the record)")
     record = _require(current, "canonical_record", dict, "current")
     number, _ = _check_record_identity(document, record)
     aliases = _require(current, "source_aliases", list, "current")
@@ -203,21 +211,29 @@ def state_input(document: dict[str, Any]) -> MergeInput:
 def emit_bundle(record: dict[str, Any], aliases: list[dict[str, Any]], events: Iterable[Any], trust: TrustConfig) -> dict[str, Any]:
     """Return a bundle whose events merge to the same state as ``events``.
 
-    Valid events are written in bundle form, and invalid inputs as they
-    arrived, so that the merge records the same ``invalid_events``. Events
-    are ordered by the SHA-256 of their canonical JSON.
+    Each valid signed event is written once, in bundle form with its
+    smallest signature. Invalid inputs and valid unsigned registry events are
+    written as they arrived, because an unsigned copy may carry fields the
+    state drops. A later conflicting claim of its id turns every such copy
+    into an entry of ``invalid_events`` under its own input hash. So merging
+    the bundle together with any other events gives the same state as
+    merging ``events`` with them. Events are ordered by the SHA-256 of their
+    canonical JSON.
     """
     number, digest = record_pith_number(record)
     events = list(events)
     valid, invalid = _classify(events, number, trust)
     output: dict[str, Any] = {}
     for event in valid.values():
-        encoded = canonical_bytes(event.bundle_form())
-        output[hashlib.sha256(encoded).hexdigest()] = event.bundle_form()
+        if event.signed:
+            encoded = canonical_bytes(event.bundle_form())
+            output[hashlib.sha256(encoded).hexdigest()] = event.bundle_form()
     for raw in events:
         encoded = canonical_bytes(raw)
         key = hashlib.sha256(encoded).hexdigest()
-        if key in invalid:
+        # A raw input that is not invalid passed validation, so it is an
+        # object with a signer object.
+        if key in invalid or "public_key_hex" not in raw["signer"]:
             output[key] = raw
     return {
         "bundle_type": BUNDLE_TYPE,
@@ -236,9 +252,10 @@ def check_state(document: dict[str, Any], trust: TrustConfig) -> list[str]:
     """Verify a state document; return the names of the checks that passed.
 
     Checks ``state_sha256``, the record's hash and Pith number, the aliases,
-    every listed event (ids, signatures, receipts) and, when the state lists
-    every event it counts, that merging those events reproduces it byte for
-    byte.
+    every listed event (ids, signatures, receipts), that the counts agree
+    with each other and with ``invalid_events``, and that merging the listed
+    events reproduces every other field. When the state lists every event it
+    counts, the merge must reproduce it byte for byte.
 
     Raises:
         DocumentError: naming the first field that failed.
@@ -268,14 +285,88 @@ def check_state(document: dict[str, Any], trust: TrustConfig) -> list[str]:
         raise DocumentError("current", f"event {entry['event_id']} listed as in effect is invalid: {entry['reason']}")
     passed.append(f"{state['valid_event_count']} events (ids, signatures, receipts)")
 
-    listed = len(merge_input.events)
-    if document.get("event_count") == listed and document.get("invalid_event_count") == 0:
+    _check_counts(document, state["valid_event_count"])
+
+    # The listed events are the winners and the equivocations, and the merge
+    # of those alone picks the same winners, so everything but the counts of
+    # unlisted inputs and invalid_events must come out equal.
+    for key in document:
+        if key not in state:
+            raise DocumentError(key, "unknown state field")
+    for key, value in state.items():
+        if key in _COUNTED_FIELDS or key == "state_sha256":
+            continue
+        if key not in document or canonical_bytes(document[key]) != canonical_bytes(value):
+            raise DocumentError(_first_difference(key, document.get(key), value), "differs from the merge of the listed events")
+
+    if document["event_count"] == state["event_count"]:
         if state["state_sha256"] != document["state_sha256"]:
             raise DocumentError("state_sha256", f"merging the listed events gives {state['state_sha256']}")
         passed.append("re-merge reproduces state_sha256")
     else:
-        passed.append("re-merge skipped: the state omits superseded or invalid events (verify the bundle)")
+        passed.append("event counts and invalid_events agree")
+        passed.append(
+            "re-merge reproduces current, equivocations and applied_event_ids "
+            "(the state omits superseded or invalid events: verify the bundle for the rest)"
+        )
     return passed
+
+
+# State fields that count or list inputs a state does not carry, so a merge
+# of its listed events cannot reproduce them.
+_COUNTED_FIELDS = ("event_count", "valid_event_count", "invalid_event_count", "invalid_events")
+_REASON_CODE = re.compile(r"\A[a-z][a-z0-9_]{0,63}\Z", re.ASCII)
+
+
+def _check_counts(document: dict[str, Any], listed_valid: int) -> None:
+    """Check that the counts agree with each other and with ``invalid_events``."""
+    counts = {}
+    for key in (*_COUNTED_FIELDS[:3], "equivocation_count"):
+        value = document.get(key)
+        if type(value) is not int or value < 0:
+            raise DocumentError(key, f"{quote_value(value)} is not a non-negative integer")
+        counts[key] = value
+    if counts["event_count"] != counts["valid_event_count"] + counts["invalid_event_count"]:
+        raise DocumentError(
+            "event_count",
+            f"{counts['event_count']} is not valid_event_count + invalid_event_count "
+            f"({counts['valid_event_count']} + {counts['invalid_event_count']})",
+        )
+    if counts["valid_event_count"] < listed_valid:
+        raise DocumentError("valid_event_count", f"{counts['valid_event_count']} is less than the {listed_valid} valid events listed")
+
+    entries = _require(document, "invalid_events", list)
+    if len(entries) != counts["invalid_event_count"]:
+        raise DocumentError("invalid_event_count", f"{counts['invalid_event_count']} is not the length of invalid_events ({len(entries)})")
+    previous = ""
+    for index, entry in enumerate(entries):
+        path = f"invalid_events[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {"event_id", "input_sha256", "reason"}:
+            raise DocumentError(path, "must be an object with exactly event_id, input_sha256 and reason")
+        if entry["event_id"] is not None and (not isinstance(entry["event_id"], str) or EVENT_ID_PATTERN.match(entry["event_id"]) is None):
+            raise DocumentError(f"{path}.event_id", f"{quote_value(entry['event_id'])} is not null or an event id")
+        try:
+            check_sha256_hex(entry["input_sha256"], f"{path}.input_sha256")
+        except InvalidInput as error:
+            raise DocumentError(error.field, error.reason) from None
+        if entry["input_sha256"] <= previous:
+            raise DocumentError(f"{path}.input_sha256", "entries are not in ascending order of input_sha256 without repeats")
+        previous = entry["input_sha256"]
+        if not isinstance(entry["reason"], str) or _REASON_CODE.match(entry["reason"]) is None:
+            raise DocumentError(f"{path}.reason", f"{quote_value(entry['reason'])} is not a reason code")
+
+
+def _first_difference(path: str, found: Any, expected: Any) -> str:
+    """Return the path of the first value where ``found`` and ``expected`` differ."""
+    while True:
+        if isinstance(found, dict) and isinstance(expected, dict) and set(found) == set(expected):
+            key = next(key for key in expected if found[key] != expected[key])
+            path, found, expected = field_path(path, key), found[key], expected[key]
+        elif isinstance(found, list) and isinstance(expected, list) and len(found) == len(expected):
+            index = next(index for index in range(len(expected)) if found[index] != expected[index])
+            path, found, expected = field_path(path, index), found[index], expected[index]
+        else:
+            return path
 
 
 def check_record_line(line: dict[str, Any], trust: TrustConfig) -> list[str]:
