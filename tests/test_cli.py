@@ -268,6 +268,10 @@ def _rename_record_created(state: dict[str, Any]) -> None:
     state["current"]["record_creation"] = state["current"].pop("record_created")
 
 
+def _drop_graph_snapshot(state: dict[str, Any]) -> None:
+    state["current"]["graph_snapshots"] = []
+
+
 def _change_alias(state: dict[str, Any]) -> None:
     state["current"]["source_aliases"][0]["alias_value"] = "1711.00488"
 
@@ -278,12 +282,14 @@ def _change_record(state: dict[str, Any]) -> None:
 
 # With state_sha256 recomputed, verify must still see these inconsistencies.
 # The event counts of a state satisfy event_count = valid_event_count +
-# invalid_event_count, and record_created is part of every state.
+# invalid_event_count, record_created is part of every state, and every
+# event in effect is listed.
 RESEALED_CHANGES = [
     pytest.param(lambda state: _add_one(state, "event_count"), id="event-count"),
     pytest.param(lambda state: _add_one(state, "invalid_event_count"), id="invalid-event-count"),
     pytest.param(lambda state: _add_one(state, "valid_event_count"), id="valid-event-count"),
     pytest.param(_rename_record_created, id="record-created-renamed"),
+    pytest.param(_drop_graph_snapshot, id="graph-snapshot-dropped"),
     pytest.param(_change_alias, id="alias-changed"),
     pytest.param(_change_record, id="record-changed"),
 ]
