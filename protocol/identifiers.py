@@ -54,6 +54,9 @@ SUFFIX_LENGTH = 26
 SHORT_LENGTHS = (8, 12, 16)
 ALIAS_KINDS = ("arxiv", "arxiv_version", "doi", "pith_short_12", "pith_short_16", "pith_short_8")
 ARXIV_DOI_PREFIX = "10.48550/arxiv."
+# A paper may have been submitted long before Unix time began, so record
+# metadata accepts any four-digit year; event timestamps start at 1970.
+RECORD_EARLIEST_YEAR = 1
 
 _BASE32_CHARS = "A-Z2-7"
 _PITH_NUMBER = re.compile(rf"\Apith:(\d{{4}}):([{_BASE32_CHARS}]{{26}})\Z", re.ASCII)
@@ -124,7 +127,7 @@ def pith_suffix(sha256_hex: str) -> str:
 
 def pith_number_for(sha256_hex: str, submitted_at: str) -> str:
     """Return the Pith number of a record from its hash and submission time."""
-    parse_timestamp(submitted_at, "metadata.submitted_at")
+    parse_timestamp(submitted_at, "metadata.submitted_at", earliest_year=RECORD_EARLIEST_YEAR)
     return f"pith:{submitted_at[:4]}:{pith_suffix(sha256_hex)}"
 
 
@@ -176,7 +179,7 @@ def check_canonical_record(record: Any, field: str = "canonical_record") -> dict
     submitted_path = field_path(field_path(field, "metadata"), "submitted_at")
     if "submitted_at" not in metadata:
         raise IdentifierError(submitted_path, "missing")
-    parse_timestamp(metadata["submitted_at"], submitted_path)
+    parse_timestamp(metadata["submitted_at"], submitted_path, earliest_year=RECORD_EARLIEST_YEAR)
 
     source_path = field_path(field, "source")
     source = _require_object(record["source"], source_path)

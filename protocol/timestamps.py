@@ -2,8 +2,9 @@
 
 A timestamp is UTC with second precision, written ``YYYY-MM-DDTHH:MM:SSZ``
 (20 ASCII characters), for example ``2026-05-18T00:22:39Z``. No offsets, no
-fractions, no lowercase ``t`` or ``z``, no leap second 60 and years 1970 to
-9999 only. The parser is a regular expression plus a calendar check, so it
+fractions, no lowercase ``t`` or ``z`` and no leap second 60. Years run
+from 1970 to 9999, except where a caller passes another ``earliest_year``:
+a record's ``submitted_at`` may be any four-digit year. The parser is a regular expression plus a calendar check, so it
 behaves the same on every Python version, unlike ``datetime.fromisoformat``,
 which accepts more forms from 3.11 on.
 
@@ -37,7 +38,7 @@ _MAX_UNIX_SECONDS = 253_402_300_799
 _TIMESTAMP = re.compile(r"\A(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z\Z", re.ASCII)
 
 
-def parse_timestamp(text: object, field: str = "created_at") -> int:
+def parse_timestamp(text: object, field: str = "created_at", *, earliest_year: int = 1970) -> int:
     """Return the Unix time in seconds of a strict UTC timestamp.
 
     Raises:
@@ -52,8 +53,8 @@ def parse_timestamp(text: object, field: str = "created_at") -> int:
             field, f"timestamp {quote_value(text)} is not in the form YYYY-MM-DDTHH:MM:SSZ"
         )
     year, month, day, hour, minute, second = (int(part) for part in match.groups())
-    if not 1970 <= year <= 9999:
-        raise InvalidInput(field, f"timestamp {text!r} has a year outside 1970..9999")
+    if not earliest_year <= year <= 9999:
+        raise InvalidInput(field, f"timestamp {text!r} has a year outside {earliest_year}..9999")
     if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
         raise InvalidInput(field, f"timestamp {text!r} names a date that does not exist")
     if hour > 23 or minute > 59 or second > 59:
