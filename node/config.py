@@ -38,7 +38,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "FIELDS",
+    "Field",
     "add_config_arguments",
+    "default_data_dir",
     "load_config",
     "overrides_from_args",
     "render_config_toml",
@@ -299,7 +301,7 @@ def _parse_log_level(value: Any) -> str:
     return value.strip().upper()
 
 
-def parse_value(item: Field, value: Any, *, from_text: bool, base: Path | None = None) -> Any:
+def _parse_value(item: Field, value: Any, *, from_text: bool, base: Path | None = None) -> Any:
     """Validate one value of ``item`` and return it in its ``Config`` type.
 
     Args:
@@ -335,7 +337,7 @@ def parse_value(item: Field, value: Any, *, from_text: bool, base: Path | None =
 
 def _set(values: dict[str, Any], sources: dict[str, str], item: Field, raw: Any, source: str, *, from_text: bool, base: Path | None = None) -> None:
     try:
-        values[item.key] = parse_value(item, raw, from_text=from_text, base=base)
+        values[item.key] = _parse_value(item, raw, from_text=from_text, base=base)
     except ValueError as error:
         raise ConfigError(item.key, source, raw, str(error)) from None
     sources[item.key] = source
@@ -360,7 +362,7 @@ def _find_config_file(overrides: Mapping[str, Any], env: Mapping[str, str], conf
     else:
         raw, source = None, "default"
     try:
-        data_dir = default_data_dir(env) if raw is None else parse_value(item, str(raw), from_text=True)
+        data_dir = default_data_dir(env) if raw is None else _parse_value(item, str(raw), from_text=True)
     except ValueError as error:
         raise ConfigError(item.key, source, raw, str(error)) from None
     candidate = data_dir / CONFIG_FILE_NAME

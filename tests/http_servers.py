@@ -1,4 +1,4 @@
-"""A threaded HTTP server on 127.0.0.1 for the fetch tests.
+"""A threaded HTTP server on 127.0.0.1 or ::1 for the fetch tests.
 
 ``MirrorServer`` serves the published Pith files from ``node/data/pith``
 under the registry's URL patterns, with the manifest's URLs rewritten to
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ MANIFEST_TEXT = fixture_path("pith-mirrors.json").read_text(encoding="utf-8")
 
 
 def build_bundle_bytes() -> bytes:
-    """Return the bundle of the published state's events, as the registry would serve it."""
+    """Return a bundle that ``emit_bundle`` builds from the published state's events."""
     merge_input = state_input(read_document(STATE_BYTES))
     bundle = emit_bundle(merge_input.record, merge_input.aliases, merge_input.events, default_trust())
     return json.dumps(bundle, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -110,20 +111,28 @@ class _Server(ThreadingHTTPServer):
     owner: MirrorServer
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class MirrorServer:
     """The test mirror; use it as a context manager.
 
+    Args:
+        host: ``127.0.0.1``, or ``::1`` for an IPv6 server.
+
     Attributes:
-        base_url: ``http://127.0.0.1:<port>``.
+        base_url: ``http://127.0.0.1:<port>`` or ``http://[::1]:<port>``.
         oversized_bytes_sent: bytes the unbounded endpoint wrote before the
             client hung up; valid once ``oversized_done`` is set.
     """
 
-    def __init__(self) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        server_class = _Server6 if ":" in host else _Server
+        self._server = server_class((host, 0), _Handler)
         self._server.owner = self
         self.port = self._server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
         self.stopping = threading.Event()
         self.oversized_done = threading.Event()
         self.oversized_bytes_sent = 0
@@ -153,7 +162,7 @@ class MirrorServer:
             return list(self._requests)
 
     def count(self, path: str) -> int:
-        """Return how many requests asked for ``path``."""
+        """Return the number of requests for ``path``."""
         return sum(1 for request in self.requests if request.path == path)
 
     def fail_next(self, path: str, *statuses: int) -> None:

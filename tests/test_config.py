@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from node import config as config_module
 from node.config import (
     FIELDS,
     Config,
@@ -508,3 +509,12 @@ def test_operations_doc_lists_every_key() -> None:
         assert f"`{item.env}`" in text, item.env
         if item.flag:
             assert f"`{item.flag}" in text, item.flag
+
+
+def test_public_names_pinned() -> None:
+    expected = [
+        "CONFIG_ENV", "Config", "ConfigError", "FIELDS", "Field", "add_config_arguments", "default_data_dir", "load_config",
+        "overrides_from_args", "render_config_toml",
+    ]
+
+    assert sorted(config_module.__all__) == expected

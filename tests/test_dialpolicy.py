@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from node import dialpolicy
 from node.dialpolicy import DialPolicy, DialRejected, split_host_port, split_url
 from conftest import load_case
 
@@ -376,3 +377,9 @@ def test_raise_if_rejected_returns_target() -> None:
 
     assert target is not None
     assert target.authority == "mirror.example.org:8443"
+
+
+def test_public_names_pinned() -> None:
+    expected = ["DEFAULT_PORTS", "DialDecision", "DialPolicy", "DialRejected", "DialTarget", "IPAddress", "split_host_port", "split_url"]
+
+    assert sorted(dialpolicy.__all__) == expected

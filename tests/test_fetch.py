@@ -21,6 +21,7 @@ from http_servers import OTHER_SUFFIX, OVERSIZED_STREAM_BYTES, SUFFIX, MirrorSer
 
 from node.demo import FIXTURE_STATE_SHA256, fixture_path
 from node.dialpolicy import DialPolicy
+from node import fetch
 from node.fetch import FetchError, FetchTimeouts, MirrorClient
 from protocol import bundle_input, check_state, default_trust, merge, parse_json
 
@@ -411,6 +412,36 @@ async def test_refused_connection_retried() -> None:
     assert backend.connects == [("127.0.0.1", port)] * 3
 
 
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine has no IPv6 loopback")
+async def test_ipv6_loopback_mirror() -> None:
+    backend = SpyBackend()
+    with MirrorServer("::1") as server:
+        async with make_client(backend=backend) as client:
+            manifest = await client.fetch_manifest(server.base_url)
+            state = await client.fetch_state(manifest["mirrors"][0]["state_pattern"], SUFFIX)
+
+    assert state["state_sha256"] == FIXTURE_STATE_SHA256
+    assert backend.connects == [("::1", server.port)]
+
+
+async def test_ipv6_loopback_rejected_by_default() -> None:
+    backend = SpyBackend()
+
+    error = await fetch_failure(make_client(DialPolicy(allow_http=True), backend=backend), "http://[::1]:8080")
+
+    assert error.reason == "rejected by the dial policy: ::1 is the loopback address; allow_loopback is off"
+    assert backend.connects == []
+
+
 # Host names: resolved, checked, then pinned.
 
 
@@ -530,3 +561,9 @@ async def test_fetch_error_message(server: MirrorServer) -> None:
 
     assert str(error) == f"fetching {server.base_url}/gzip/pith-mirrors.json failed: {error.reason}"
     assert error.url == f"{server.base_url}/gzip/pith-mirrors.json"
+
+
+async def test_public_names_pinned() -> None:
+    expected = ["FetchError", "FetchTimeouts", "MANIFEST_TYPE", "MAX_REDIRECTS", "MirrorClient", "Resolver", "resolve_host"]
+
+    assert sorted(fetch.__all__) == expected
