@@ -13,7 +13,7 @@ import functools
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, event, example, find, given, settings, target
+from hypothesis import HealthCheck, Phase, event, example, find, given, settings, target
 from hypothesis import strategies as st
 
 from helpers import (
@@ -37,6 +37,8 @@ REGISTRY_KEY_ID = "prop-registry"
 # events are accepted, so both signed and unsigned registry events occur.
 TRUST = trust_with_registry(key(REGISTRY_LABEL), key_id=REGISTRY_KEY_ID, keep_real_key=True)
 
+# find() only has to show that the pool produces a case, so it skips shrinking.
+FIND_SETTINGS = settings(database=None, max_examples=2000, phases=[Phase.generate])
 PROPERTY_SETTINGS = settings(
     max_examples=100,
     deadline=None,
@@ -260,7 +262,7 @@ def test_merged_state_passes_check(events: list[Any]) -> None:
 
 
 def test_pool_events_produce_equivocations() -> None:
-    example = find(event_sets, lambda events: _merge(events)["equivocation_count"] >= 2, settings=settings(database=None, max_examples=2000))
+    example = find(event_sets, lambda events: _merge(events)["equivocation_count"] >= 2, settings=FIND_SETTINGS)
     assert _merge(example)["equivocation_count"] >= 2
 
 
@@ -268,7 +270,7 @@ def test_pool_events_produce_conflicts() -> None:
     def has_conflict(events: list[Any]) -> bool:
         return any(entry["reason"] == "conflicting_event_id" for entry in _merge(events)["invalid_events"])
 
-    example = find(event_sets, has_conflict, settings=settings(database=None, max_examples=2000))
+    example = find(event_sets, has_conflict, settings=FIND_SETTINGS)
     assert has_conflict(example)
 
 
@@ -279,7 +281,7 @@ def test_pool_events_produce_withdrawals() -> None:
         present = {raw["event_id"] for raw in events}
         return bool(corrected & present) and not corrected & set(state["applied_event_ids"])
 
-    example = find(event_sets, has_withdrawal, settings=settings(database=None, max_examples=2000))
+    example = find(event_sets, has_withdrawal, settings=FIND_SETTINGS)
     assert has_withdrawal(example)
 
 
