@@ -24,6 +24,7 @@ their signer block names a registry key, ``"reject"`` makes them invalid.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +97,9 @@ class TrustConfig:
         for key in expected_keys:
             if key not in document:
                 raise DocumentError(key, "missing")
-        if document["trust_version"] != 1:
+        # Only the integer 1: true and 1.0 compare equal to 1 in Python but
+        # have other canonical JSON, so they would give another digest.
+        if type(document["trust_version"]) is not int or document["trust_version"] != 1:
             raise DocumentError("trust_version", f"{quote_value(document['trust_version'])} is not supported (expected 1)")
 
         registry_keys = cls._read_registry_keys(document["registry_keys"])
@@ -126,6 +129,9 @@ class TrustConfig:
             if event_type not in EVENT_TYPES:
                 raise DocumentError(field_path("allowed_signers", event_type), "unknown event type")
 
+        # A copy, so that a caller changing its document later cannot make
+        # ``document`` disagree with ``digest``.
+        document = copy.deepcopy(document)
         return cls(
             registry_keys=registry_keys,
             unsigned_registry_events=policy,
@@ -146,7 +152,10 @@ class TrustConfig:
             key_id = entry["key_id"]
             if not isinstance(key_id, str) or not key_id or key_id in keys:
                 raise DocumentError(field_path(path, "key_id"), f"{quote_value(key_id)} is empty, not text or repeated")
-            keys[key_id] = decode_public_key_hex(entry["public_key_hex"], field_path(path, "public_key_hex"))
+            try:
+                keys[key_id] = decode_public_key_hex(entry["public_key_hex"], field_path(path, "public_key_hex"))
+            except InvalidInput as error:
+                raise DocumentError(error.field, error.reason) from None
         return keys
 
     def is_registry_key(self, raw_public_key: bytes) -> bool:
