@@ -144,6 +144,72 @@ def command_sign(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _effective_config(args: argparse.Namespace) -> Any:
+    import os
+
+    from .config import ConfigError, load_config, overrides_from_args
+
+    overrides, config_path = overrides_from_args(args)
+    try:
+        return load_config(overrides, os.environ, config_path)
+    except ConfigError as error:
+        raise InputError(f"invalid configuration: {error}") from None
+
+
+def command_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from .daemon import DaemonError, run_daemon
+
+    config = _effective_config(args)
+    logging.getLogger().setLevel(config.log_level)
+    try:
+        trio.run(run_daemon, config)
+    except DaemonError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def command_import(args: argparse.Namespace) -> int:
+    import trio
+
+    from .importer import import_sources, read_suffixes
+    from .store import StoreError
+
+    config = _effective_config(args)
+    logging.getLogger().setLevel(config.log_level)
+    suffixes = list(args.suffix or [])
+    if args.suffixes_from:
+        try:
+            suffixes.extend(read_suffixes(Path(args.suffixes_from).read_text(encoding="utf-8").splitlines()))
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read {args.suffixes_from}: {error}") from None
+    try:
+        summary = trio.run(import_sources, config, args.sources, suffixes)
+    except StoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    print(
+        f"imported into {config.data_dir}: {summary.accepted} accepted, {summary.duplicate} duplicate, "
+        f"{summary.rejected} rejected, {summary.skipped} skipped"
+    )
+    for code, count in summary.reasons.most_common():
+        print(f"  rejected {count} x {code}: {summary.examples.get(code, '')}")
+    for failure in summary.failed_sources:
+        print(f"  failed source {failure}")
+    if summary.failed_sources:
+        return EXIT_UNREADABLE
+    return EXIT_OK if summary.rejected == 0 else EXIT_FAILED
+
+
+def command_config(args: argparse.Namespace) -> int:
+    from .config import render_config_toml
+
+    sys.stdout.write(render_config_toml(_effective_config(args)))
+    return EXIT_OK
+
+
 def command_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -198,6 +264,33 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--created-at", metavar="TIMESTAMP", help="YYYY-MM-DDTHH:MM:SSZ; default: now")
     sign.add_argument("--indent", action="store_true", help="indent the JSON output for reading")
     sign.set_defaults(handler=command_sign)
+
+    from .config import add_config_arguments
+
+    run = commands.add_parser(
+        "run",
+        help="run the mirror daemon (HTTP API on 127.0.0.1:8080 by default)",
+        description="Serve the store over HTTP until SIGINT or SIGTERM. Settings come from defaults, "
+        "a TOML file, PITH_MIRROR_* variables and these flags, in that order (see docs/operations.md).",
+    )
+    add_config_arguments(run)
+    run.set_defaults(handler=command_run)
+
+    import_ = commands.add_parser(
+        "import",
+        help="import bundles, states, record files or HTTP mirrors into the store",
+        description="Store every valid item of each source; print accepted, duplicate and rejected counts. "
+        "Exit status: 0 all stored, 1 some items rejected, 2 a source could not be read.",
+    )
+    add_config_arguments(import_)
+    import_.add_argument("sources", nargs="+", metavar="PATH|URL", help=".json or .jsonl file, document URL, or mirror base URL")
+    import_.add_argument("--suffix", action="append", metavar="SUFFIX", help="record to fetch from a mirror URL; repeat for several")
+    import_.add_argument("--suffixes-from", metavar="FILE", help="file naming records to fetch, one suffix, Pith number or record line per line")
+    import_.set_defaults(handler=command_import)
+
+    config = commands.add_parser("config", help="print the effective configuration as TOML")
+    add_config_arguments(config)
+    config.set_defaults(handler=command_config)
 
     demo = commands.add_parser(
         "demo",
