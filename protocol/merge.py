@@ -35,8 +35,9 @@ LIST_NAMES = {
 }
 
 # An event whose canonical JSON is larger than this is invalid, so that one
-# event cannot make a state document unbounded.
-MAX_EVENT_BYTES = 1024 * 1024
+# event cannot make a state document unbounded, and so that every valid event
+# fits in one wire frame of 1 MiB with room for the message around it.
+MAX_EVENT_BYTES = 512 * 1024
 
 # Event types a correction cannot withdraw: a record is content-addressed
 # and stays, and withdrawing corrections would make withdrawal recursive.
