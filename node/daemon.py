@@ -125,7 +125,9 @@ async def run_daemon(
     Raises:
         DaemonError: the daemon could not start.
     """
-    shutdown = shutdown or trio.Event()
+    # A trio.Event cannot be tested for truth, so compare with None.
+    if shutdown is None:
+        shutdown = trio.Event()
     # Signals are caught from here on, so that one arriving while the store
     # opens or the server binds still stops the daemon cleanly instead of
     # killing it with the default action.
