@@ -193,7 +193,7 @@ class MirrorApp:
 
     async def _resolve(self, query_string: bytes) -> Response:
         try:
-            query = parse_qs(query_string.decode("ascii"), max_num_fields=4, strict_parsing=True)
+            query = parse_qs(query_string.decode("ascii"), max_num_fields=4, strict_parsing=True, errors="strict")
         except (UnicodeDecodeError, ValueError):
             raise HTTPError(400, "invalid_query", "query must be one of arxiv=, doi=, pith= or q= with a value") from None
         values = [(key, query[key][0]) for key in ("arxiv", "doi", "pith", "q") if key in query]
