@@ -185,7 +185,7 @@ async def _import_url(
 
     base = url.removesuffix("/pith-mirrors.json")
     if not suffixes:
-        raise FetchError(url, "a mirror URL needs the records to fetch: pass --suffix or --suffixes-from")
+        raise InputError(f"{url} is a mirror URL, which needs the records to fetch: pass --suffix or --suffixes-from")
     manifest = await client.fetch_manifest(base)
     mirror = manifest["mirrors"][0]
     logger.info("importing %d records from %s (%s)", len(suffixes), mirror["base_url"], mirror.get("name"))
