@@ -165,13 +165,13 @@ class Config:
 
     @property
     def http_address(self) -> tuple[str, int]:
-        """The HTTP listen host (without brackets) and port."""
-        return split_host_port(self.http_listen)
+        """The HTTP listen host (without brackets) and port; port 0 means any free port."""
+        return _split_listen(self.http_listen)
 
     @property
     def gossip_address(self) -> tuple[str, int]:
-        """The gossip listen host (without brackets) and port."""
-        return split_host_port(self.gossip_listen)
+        """The gossip listen host (without brackets) and port; port 0 means any free port."""
+        return _split_listen(self.gossip_listen)
 
     def dial_policy(self) -> DialPolicy:
         """Return the dial policy these settings describe."""
@@ -181,6 +181,12 @@ class Config:
             allow_http=self.allow_http_mirrors,
             allowed_ports=frozenset(self.allowed_ports) if self.allowed_ports else None,
         )
+
+
+def _split_listen(text: str) -> tuple[str, int]:
+    if text.endswith(":0"):
+        return split_host_port(text[:-2] + ":1")[0], 0
+    return split_host_port(text)
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -240,10 +246,17 @@ def _parse_float(value: Any, from_text: bool, item: Field) -> float:
     return number
 
 
-def _parse_host_port(value: Any) -> str:
+def _parse_host_port(value: Any, *, listen: bool = False) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be HOST:PORT text, not {type(value).__name__}")
-    host, port = split_host_port(value.strip())
+    text = value.strip()
+    if listen and text.endswith(":0"):
+        # Port 0 asks the operating system for a free port, which only makes
+        # sense for an address to listen on, never for a peer to dial.
+        host, _ = split_host_port(text[:-2] + ":1")
+        port = 0
+    else:
+        host, port = split_host_port(text)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -321,7 +334,7 @@ def _parse_value(item: Field, value: Any, *, from_text: bool, base: Path | None 
     if item.kind == "float":
         return _parse_float(value, from_text, item)
     if item.kind == "host_port":
-        return _parse_host_port(value)
+        return _parse_host_port(value, listen=True)
     if item.kind == "host_ports":
         return tuple(_parse_host_port(entry) for entry in _parse_list(value, from_text))
     if item.kind == "ports":
@@ -433,8 +446,10 @@ def load_config(overrides: Mapping[str, Any], env: Mapping[str, str], config_pat
 
 
 def _derive_public_url(http_listen: str) -> str | None:
-    host, port = split_host_port(http_listen)
-    if host in ("0.0.0.0", "::"):
+    host, port = _split_listen(http_listen)
+    if host in ("0.0.0.0", "::") or port == 0:
+        # No address to advertise is known until the socket is bound; the
+        # daemon then advertises the bound address.
         return None
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/"

@@ -203,7 +203,6 @@ def test_wrong_toml_value(tmp_path: Path, line: str, key: str, reason: str) -> N
         ("::1:9090", "write an IPv6 host in brackets"),
         ("[::1]", "has no port"),
         ("[::1", "no closing bracket"),
-        ("host.example:0", "is not a number from 1 to 65535"),
         ("host.example:70000", "is not a number from 1 to 65535"),
         ("bad_host:80", "is not an IP address or a valid host name"),
         ("0177.0.0.1:80", "is not a canonical dotted-quad IPv4 address"),
@@ -219,6 +218,22 @@ def test_bad_host_port_from_env(value: str, reason: str) -> None:
     assert caught.value.source == "PITH_MIRROR_GOSSIP"
     assert caught.value.value == value
     assert reason in caught.value.reason
+
+
+def test_listen_port_zero_allowed() -> None:
+    config = load_config({"http_listen": "127.0.0.1:0", "gossip_listen": "[::1]:0"}, HOME_ENV, None)
+
+    assert config.http_address == ("127.0.0.1", 0)
+    assert config.gossip_address == ("::1", 0)
+    assert config.public_url is None
+
+
+def test_peer_port_zero_rejected() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"peers": ["host.example:0"]}, HOME_ENV, None)
+
+    assert caught.value.key == "peers"
+    assert "is not a number from 1 to 65535" in caught.value.reason
 
 
 def test_error_message_names_everything() -> None:
