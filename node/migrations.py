@@ -147,9 +147,15 @@ def _create_rejections_log(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO counters (name, value) VALUES ('rejections_total', 0)")
 
 
+def _index_records_by_source(conn: sqlite3.Connection) -> None:
+    """Version 3: find records by their source identifier, for records published without aliases."""
+    conn.execute("CREATE INDEX records_by_source ON records (source_kind, lower(source_id))")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _create_data_tables,
     _create_rejections_log,
+    _index_records_by_source,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -178,6 +178,20 @@ MAX_REASON_LENGTH = 500
 MAX_RESOLVE_CANDIDATES = 20
 
 
+_ARXIV_VERSION_SUFFIX = re.compile(r"\A(?P<id>.+?)v(?P<version>[1-9][0-9]{0,5})\Z", re.ASCII)
+
+
+def _arxiv_lookup(lowered: str) -> tuple[str | None, int | None]:
+    """Return the lowercased arXiv id and version that a lookup text names, if it looks like one."""
+    text = lowered.removeprefix("10.48550/arxiv.")
+    if "/" in text and text.count("/") > 1:
+        return None, None
+    match = _ARXIV_VERSION_SUFFIX.match(text)
+    if match is not None:
+        return match.group("id"), int(match.group("version"))
+    return text, None
+
+
 class StoreError(Exception):
     """A local problem with the store: the disk, the file, the schema or a lock.
 
@@ -1365,8 +1379,23 @@ class Store:
                 "WHERE a.lookup_key = ? AND a.kind NOT LIKE 'pith\\_short\\_%' ESCAPE '\\' LIMIT ?",
                 (lowered, MAX_RESOLVE_CANDIDATES * 4),
             ).fetchall()
+            # A record published without aliases is still found by its own
+            # source identifier, with the same ranking as the arxiv alias.
+            source_id, version_wanted = _arxiv_lookup(lowered)
+            if source_id is not None:
+                query = (
+                    "SELECT 'arxiv', proven, source_version, pith_number FROM records "
+                    "WHERE source_kind = 'arxiv' AND lower(source_id) = ?"
+                )
+                arguments: tuple[Any, ...] = (source_id,)
+                if version_wanted is not None:
+                    query += " AND source_version = ?"
+                    arguments += (version_wanted,)
+                rows += conn.execute(query + " LIMIT ?", (*arguments, MAX_RESOLVE_CANDIDATES)).fetchall()
         best: dict[str, tuple[int, int]] = {}
         for kind, proven, version, number in rows:
+            if version_wanted is not None and kind == "arxiv":
+                kind = "arxiv_version"
             rank = (-proven, -version if kind in _VERSION_SHARED_KINDS else 0)
             best[number] = min(rank, best.get(number, rank))
         return sorted((rank, number) for number, rank in best.items())[:MAX_RESOLVE_CANDIDATES]

@@ -190,6 +190,27 @@ def test_resolve_published_records(store: Store) -> None:
     assert checked == 20 * 4 + 18 * 7
 
 
+def test_resolve_records_without_aliases(store: Store) -> None:
+    lines = [line for line in record_lines() if not line.get("source_aliases")]
+    for line in lines:
+        store.add_bundle(record_bundle(line), "records.jsonl", NOW)
+    found = {}
+    for line in lines:
+        source = line["canonical_record"]["source"]
+        identifier = source["id"]
+        for form in (identifier, f"{identifier}v{source['version']}", f"10.48550/arXiv.{identifier}"):
+            found[form] = store.resolve(form)
+        assert store.resolve(f"{identifier}v{source['version'] + 1}") is None
+    assert found == {
+        "1401.8280": "pith:2014:2YOEY3OJ5O73D4WLRLU65OKN7N",
+        "1401.8280v1": "pith:2014:2YOEY3OJ5O73D4WLRLU65OKN7N",
+        "10.48550/arXiv.1401.8280": "pith:2014:2YOEY3OJ5O73D4WLRLU65OKN7N",
+        "1904.01873": "pith:2019:C7XXWVHAMRX5K4J6P522DBIZ7S",
+        "1904.01873v1": "pith:2019:C7XXWVHAMRX5K4J6P522DBIZ7S",
+        "10.48550/arXiv.1904.01873": "pith:2019:C7XXWVHAMRX5K4J6P522DBIZ7S",
+    }
+
+
 @pytest.mark.parametrize("text", ["hep-lat/0305021", "hep-lat/0305021v1", "HEP-LAT/0305021", "10.48550/arXiv.hep-lat/0305021"])
 def test_resolve_old_style_arxiv(store: Store, text: str) -> None:
     outcome = store.add_bundle(synthetic_bundle("hep-lat/0305021", 1), "test", NOW)
@@ -521,13 +542,28 @@ def test_migrate_v1_keeps_data(tmp_path: Path) -> None:
     with Store(tmp_path) as opened:
         opened.add_state(published_state(), "fixture", NOW)
     with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
+        conn.execute("DROP INDEX records_by_source")
         conn.execute("DROP TABLE rejections")
         conn.execute("DELETE FROM counters WHERE name = 'rejections_total'")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with Store(tmp_path) as migrated:
-        assert migrated.stats().schema_version == 2
+        assert migrated.stats().schema_version == 3
         assert migrated.stats().rejections_total == 0
         assert migrated.get_state_sha256(PUBLISHED_SUBJECT) == PUBLISHED_STATE_SHA256
+
+
+def test_migrate_v2_adds_source_index(tmp_path: Path) -> None:
+    with Store(tmp_path) as opened:
+        opened.add_state(published_state(), "fixture", NOW)
+    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
+        conn.execute("DROP INDEX records_by_source")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with Store(tmp_path) as migrated:
+        assert migrated.stats().schema_version == 3
+        assert migrated.resolve("1711.00489v2") == PUBLISHED_SUBJECT
+    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")]
+    assert "records_by_source" in names
 
 
 def test_trust_change_recomputes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
