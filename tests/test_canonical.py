@@ -17,7 +17,8 @@ from protocol.canonical import (
     canonical_sha256,
     parse_json,
 )
-from protocol.errors import CanonicalJSONError, InvalidInput
+from protocol.errors import CanonicalJSONError, InvalidInput, WireError
+from protocol.frames import decode_payload
 
 from conftest import load_case
 
@@ -145,14 +146,49 @@ def test_rejection_is_invalid_input() -> None:
 # --- msgpack vectors: input for the wire decoder ----------------------------
 
 
-# These frames arrive on the peer wire, not in JSON documents. Their
-# expected outcomes are in each vector's "expect"; the tests run once the
-# wire decoder exists and this skip mark is removed.
-@pytest.mark.skip(reason="wire decoder not built yet")
+# These values arrive as frame payloads on the peer wire, not in JSON
+# documents, so they go through the wire decoder. Expected outcome of each:
+# None to accept, or the field path and a phrase the rejection reason must
+# contain. A str with invalid UTF-8 fails inside msgpack, before any path
+# exists, so the whole frame is named.
+EXPECTED_MSGPACK_OUTCOMES: dict[tuple[str, str], tuple[str, str] | None] = {
+    ("C02", "msgpack_str_with_cesu8_surrogate"): ("frame", "not valid UTF-8"),
+    ("C03", "msgpack_float64_nan"): ("n", "non-finite number nan"),
+    ("C03", "msgpack_float64_one"): ("n", "non-integer number 1.0"),
+    ("C03", "msgpack_int_one"): None,
+    ("C03", "msgpack_float32_1.1"): ("n", "non-integer number 1.100000023841858"),
+    ("C03", "msgpack_uint64_max"): ("n", "safe range"),
+    ("C03", "msgpack_int64_min"): ("n", "safe range"),
+    ("C04", "msgpack_dup_map_key"): ("url", "duplicate map key 'url'"),
+}
+
+
+def test_msgpack_outcomes_cover_every_vector() -> None:
+    assert len(EXPECTED_MSGPACK_OUTCOMES) == len(MSGPACK_VECTORS)
+
+
 @pytest.mark.parametrize(("case_id", "vector"), MSGPACK_VECTORS)
 def test_msgpack_vector_outcome(case_id: str, vector: dict[str, Any]) -> None:
-    frame = bytes.fromhex(vector["input_hex"])
-    pytest.fail(f"no wire decoder to feed {len(frame)} bytes to; expected: {vector['expect']}")
+    expected = EXPECTED_MSGPACK_OUTCOMES[(case_id, vector["name"])]
+    payload = bytes.fromhex(vector["input_hex"])
+
+    if expected is None:
+        value = decode_payload(payload)
+        assert canonical_bytes(value) == b'{"n":1}'
+        return
+
+    field, phrase = expected
+    with pytest.raises(WireError) as caught:
+        decode_payload(payload)
+    assert caught.value.field == field
+    assert phrase in caught.value.reason
+
+
+def test_msgpack_int_one_same_as_json() -> None:
+    vectors = {vector["name"]: vector for vector in load_case("C03")["vectors"]}
+    from_msgpack = canonical_bytes(decode_payload(bytes.fromhex(vectors["msgpack_int_one"]["input_hex"])))
+    assert from_msgpack == vectors["int_one"]["python_canonical_today"].encode("utf-8")
+    assert hashlib.sha256(from_msgpack).hexdigest() == vectors["int_one"]["python_sha256_today"]
 
 
 # --- Python values outside the model ----------------------------------------
