@@ -36,23 +36,27 @@ def prefix(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-def framed_chunks(chunks: list[bytes]) -> list[bytes]:
+def framed_chunks(chunks: list[bytes], before: bytes = b"", after: bytes = b"") -> list[bytes]:
     """Give each bare msgpack value in ``chunks`` its length prefix, keeping the chunk boundaries.
 
-    The prefix goes into the chunk that contains the value's first byte. A value
-    cut off at the end of the stream is declared one byte longer than what
-    is left of it, so the frame stays incomplete.
+    The prefix and ``before`` go into the chunk that contains the value's
+    first byte, and ``after`` into the chunk with its last byte, so a value
+    can be wrapped in a message. A value cut off at the end of the stream
+    gets no ``after`` and is declared one byte longer than what is left of
+    it, so its frame stays incomplete.
     """
     stream = b"".join(chunks)
     starts: dict[int, int] = {}
+    ends: set[int] = set()
     unpacker = msgpack.Unpacker()
     unpacker.feed(stream)
     position = 0
     for _ in unpacker:
-        starts[position] = unpacker.tell() - position
+        starts[position] = len(before) + unpacker.tell() - position + len(after)
+        ends.add(unpacker.tell() - 1)
         position = unpacker.tell()
     if position < len(stream):
-        starts[position] = len(stream) - position + 1
+        starts[position] = len(before) + len(stream) - position + 1
 
     framed: list[bytes] = []
     offset = 0
@@ -60,8 +64,10 @@ def framed_chunks(chunks: list[bytes]) -> list[bytes]:
         out = bytearray()
         for index, byte in enumerate(chunk):
             if offset + index in starts:
-                out += starts[offset + index].to_bytes(4, "big")
+                out += starts[offset + index].to_bytes(4, "big") + before
             out.append(byte)
+            if offset + index in ends:
+                out += after
         framed.append(bytes(out))
         offset += len(chunk)
     return framed
@@ -139,7 +145,8 @@ def test_frame_over_cap_rejected_at_header() -> None:
     reader.feed(header[3:])
     with pytest.raises(WireError) as caught:
         reader.next_frame()
-    assert caught.value.reason == f"frame length {MAX_FRAME_BYTES + 1} exceeds the limit of {MAX_FRAME_BYTES} bytes"
+    expected = f"frame length {MAX_FRAME_BYTES + 1} exceeds the limit of {MAX_FRAME_BYTES} bytes"
+    assert caught.value.reason == expected
     assert reader.buffered == 0
 
 
