@@ -36,11 +36,13 @@ from protocol import InvalidInput, parse_json
 from protocol.identifiers import check_suffix
 from protocol.documents import DOCUMENT_LIMITS
 
+from .ratelimit import RateLimitedLog
 from .service import MirrorService, SubmitOutcome
 
 __all__ = ["MirrorApp"]
 
 logger = logging.getLogger("pith_mirror.http")
+rejected_body_log = RateLimitedLog(logger)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -235,7 +237,7 @@ class MirrorApp:
         try:
             document = parse_json(body, DOCUMENT_LIMITS)
         except InvalidInput as error:
-            logger.info("rejected POST /events body: %s", error)
+            rejected_body_log.log(logging.INFO, "rejected POST /events body: %s", error)
             raise HTTPError(400, "invalid_json", f"request body is not acceptable JSON: {error}") from None
 
         outcomes = await self.service.submit(document, source="http")

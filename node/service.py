@@ -252,7 +252,8 @@ class MirrorService:
                 self.metrics.events.labels(outcome=outcome.status, source=source).inc()
             if outcome.status == Status.REJECTED:
                 self.metrics.invalid_events.labels(code=outcome.code or "unknown").inc()
-                logger.info(
+                # The store logs each rejection at INFO, rate limited.
+                logger.debug(
                     "rejected %s %d from %s: subject=%s event_id=%s field=%s code=%s: %s",
                     outcome.kind, outcome.index, source, outcome.subject, outcome.event_id,
                     outcome.field, outcome.code, outcome.reason,
