@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .canonical import canonical_bytes, check_value, field_path
+from .canonical import canonical_bytes, field_path
 from .errors import CanonicalJSONError, InvalidInput, UsageError, WireError, quote_value
 from .frames import MAX_FRAME_BYTES, FrameReader, decode_payload, encode_frame, encode_payload
 from .keys import SigningKey, decode_public_key_hex, decode_signature_b64, encode_signature_b64, verify_signature
@@ -340,8 +340,9 @@ ConnectionEvent = (
 
 # --- message schemas ---------------------------------------------------------
 
-# A field check takes the value and its path, and raises WireError.
-_Check = Callable[[Any, str], None]
+# A field check takes the value and its path, and raises WireError. The items
+# check also returns the item ids, which it computes while checking.
+_Check = Callable[[Any, str], Any]
 
 
 def _type_name(value: Any) -> str:
@@ -438,7 +439,8 @@ def _addresses(value: Any, path: str) -> None:
 _RECORD_ITEM_FIELDS = frozenset({"item_type", "canonical_record", "source_aliases"})
 
 
-def _item(value: Any, path: str) -> None:
+def _item(value: Any, path: str) -> bytes:
+    """Check one item and return its id."""
     if type(value) is not dict:
         raise WireError(path, f"an item must be a map, got {_type_name(value)}")
     # A record entry is recognised by item_type; any other map is an event
@@ -453,15 +455,27 @@ def _item(value: Any, path: str) -> None:
             raise WireError(field_path(path, "canonical_record"), "must be a map")
         if type(value["source_aliases"]) is not list:
             raise WireError(field_path(path, "source_aliases"), "must be an array")
+
+    # canonical_bytes checks the value model, bytes included, so the check
+    # and the id cost one walk over the item.
     try:
-        check_value(value, path)
+        encoded = canonical_bytes(value)
     except CanonicalJSONError as error:
-        raise WireError(error.field, error.reason) from None
+        raise WireError(_join_path(path, error.field), error.reason) from None
+    return hashlib.sha256(encoded).digest()
 
 
-def _items(value: Any, path: str) -> None:
-    for index, entry in enumerate(_array(value, path, 0, MAX_ITEMS)):
-        _item(entry, field_path(path, index))
+def _join_path(prefix: str, relative: str) -> str:
+    if not relative:
+        return prefix
+    if relative.startswith("["):
+        return prefix + relative
+    return f"{prefix}.{relative}"
+
+
+def _items(value: Any, path: str) -> list[bytes]:
+    items = _array(value, path, 0, MAX_ITEMS)
+    return [_item(entry, field_path(path, index)) for index, entry in enumerate(items)]
 
 
 _PROFILE_FIELDS = {
@@ -474,16 +488,21 @@ def _profile(value: Any, path: str) -> None:
     _check_fields(value, path, _PROFILE_FIELDS)
 
 
-def _check_fields(value: Any, path: str, fields: dict[str, _Check], extra: frozenset[str] = frozenset()) -> None:
+def _check_fields(
+    value: Any, path: str, fields: dict[str, _Check], extra: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Check a map with exactly ``fields`` (plus ``extra``); return what each check returned."""
     if type(value) is not dict:
         raise WireError(path, f"must be a map, got {_type_name(value)}")
     for name in value:
         if name not in fields and name not in extra:
             raise WireError(field_path(path, name), "unknown field")
+    results = {}
     for name, check in fields.items():
         if name not in value:
             raise WireError(field_path(path, name), "missing")
-        check(value[name], field_path(path, name))
+        results[name] = check(value[name], field_path(path, name))
+    return results
 
 
 _SCHEMAS: dict[str, dict[str, _Check]] = {
@@ -726,17 +745,17 @@ class Connection:
                 )
 
         try:
-            _check_fields(value, "", _SCHEMAS[message_type], _TYPE_FIELD)
+            checked = _check_fields(value, "", _SCHEMAS[message_type], _TYPE_FIELD)
         except WireError as error:
             return self._violation("invalid_message", error)
 
         handler = getattr(self, f"_on_{message_type}")
-        event: ConnectionEvent = handler(value, payload)
+        event: ConnectionEvent = handler(value, payload, checked)
         if self.their_state is not State.ERROR:
             self.their_state = transition.next_state
         return event
 
-    def _on_hello(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_hello(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         node_key = message["node_key"]
         try:
             decode_public_key_hex(node_key.hex(), "node_key")
@@ -764,7 +783,7 @@ class Connection:
         self._their_hello = payload
         return HelloReceived(node_key=node_key, listen=message["listen"], profile=theirs)
 
-    def _on_auth(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_auth(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         # The table lets auth in only after both hellos, so both are set.
         assert self.their_node_key is not None
         assert self._their_hello is not None
@@ -784,32 +803,31 @@ class Connection:
             return self._handshake_failed("auth_failed", error.field, error.reason)
         return PeerAuthenticated(node_key=self.their_node_key)
 
-    def _on_announce(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_announce(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         return EventsAnnounced(ids=tuple(message["ids"]))
 
-    def _on_want(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_want(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         return EventsRequested(ids=tuple(message["ids"]))
 
-    def _on_items(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
-        items = tuple(message["items"])
-        return ItemsReceived(items=items, ids=tuple(item_id(item) for item in items), more=message["more"])
+    def _on_items(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
+        return ItemsReceived(items=tuple(message["items"]), ids=tuple(checked["items"]), more=message["more"])
 
-    def _on_reconcile(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_reconcile(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         return ReconcileReceived(session=message["session"], round=message["round"], payload=message["payload"])
 
-    def _on_peers(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_peers(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         return PeersReceived(addresses=tuple(message["addresses"]))
 
-    def _on_ping(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_ping(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         return PingReceived(nonce=message["nonce"])
 
-    def _on_pong(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_pong(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         return PongReceived(nonce=message["nonce"])
 
-    def _on_error(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_error(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         return PeerError(code=message["code"], reason=message["reason"])
 
-    def _on_bye(self, message: dict[str, Any], payload: bytes) -> ConnectionEvent:
+    def _on_bye(self, message: dict[str, Any], payload: bytes, checked: dict[str, Any]) -> ConnectionEvent:
         return PeerClosed("the peer sent bye")
 
     # --- sending ---------------------------------------------------------
