@@ -36,7 +36,7 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 ZERO = bytes(32)
 INFINITY = b"\xff" * 33
-# Hypothesis runs many sessions; these keep each one small and the run short.
+# Hypothesis runs many sessions, so these settings keep the run short.
 PROPERTY_SETTINGS = settings(
     max_examples=60,
     deadline=None,
@@ -172,6 +172,36 @@ def test_mismatched_keys_still_exact() -> None:
     a, b = differing_pair(300, 3, 4)
     initiator, responder, _ = sync(a, b, responder_key=OTHER_KEY)
     assert_exact(initiator, responder, a, b)
+
+
+# Fingerprints from docs/reconciliation.md under KEY (bytes 0x00 to 0x1f).
+EMPTY_FINGERPRINT = bytes.fromhex("a9fc8102f23dc8c39a3af5c5d5965461")
+ID_ZERO_FINGERPRINT = bytes.fromhex("c3f3703633d6adc44512389a36459b25")
+
+
+@pytest.mark.parametrize(
+    ("ids", "fingerprint"),
+    [([], EMPTY_FINGERPRINT), (make_ids([0]), ID_ZERO_FINGERPRINT)],
+)
+def test_fingerprint_vectors_match(ids: list[bytes], fingerprint: bytes) -> None:
+    responder = Reconciler(SortedIds(ids), KEY)
+    reply = responder.receive(encode_message([fingerprint_range(ZERO, INFINITY, fingerprint)]))
+    assert reply == b"\x01\x00"
+    assert responder.done
+
+
+def test_fingerprint_follows_formula() -> None:
+    ids = sorted(make_ids(range(1_000)))
+    first = decode_message(Reconciler(SortedIds(ids), KEY).initiate())[0]
+    in_range = [item for item in ids if item < first.upper]
+    total = 0
+    for item in in_range:
+        digest = hashlib.blake2b(item, digest_size=32, key=KEY, person=b"pith-rec-item").digest()
+        total = (total + int.from_bytes(digest, "little")) % 2**256
+    data = len(in_range).to_bytes(8, "little") + total.to_bytes(32, "little")
+    expected = hashlib.blake2b(data, digest_size=16, key=KEY, person=b"pith-rec-fp").digest()
+    assert len(in_range) == 62
+    assert first.fingerprint == expected
 
 
 def test_equal_id_sums_still_differ() -> None:
