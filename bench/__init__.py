@@ -1,0 +1,1 @@
+"""Benchmarks of pith-mirror. Run each module with ``python -m bench.<name>``."""
