@@ -55,7 +55,10 @@ __all__ = [
     "MAX_PEER_ADDRESSES",
     "MAX_REASON_CHARS",
     "MESSAGE_TYPES",
+    "NONCE_BYTES",
+    "PING_NONCE_BYTES",
     "PROTOCOL_NAME",
+    "RECONCILE_KEY_DOMAIN",
     "TRANSITIONS",
     "Connection",
     "ConnectionEvent",
@@ -84,6 +87,9 @@ __all__ = [
 ]
 
 PROTOCOL_NAME = "pith-mirror/1"
+
+# Prefix of the input from which both sides derive a reconciliation key.
+RECONCILE_KEY_DOMAIN = b"pith-mirror-reconcile-key-v1\n"
 
 # Prefix of the signed handshake transcript. The node key also signs events,
 # over a digest that starts from ENVELOPE_DOMAIN instead, so an auth
@@ -656,6 +662,31 @@ class Connection:
     def buffered(self) -> int:
         """Bytes of an incomplete frame held, at most ``MAX_FRAME_BYTES`` + 4."""
         return self._reader.buffered
+
+    def reconcile_key(self, session: int) -> bytes:
+        """Return the 32-byte key of reconciliation session ``session`` on this connection.
+
+        Both sides derive the same key: SHA-256 of ``RECONCILE_KEY_DOMAIN``,
+        the initiator's hello nonce, the responder's hello nonce and the
+        session number as 8 bytes big-endian. The nonces are fresh for each
+        connection, so nobody who created ids before the handshake knew the
+        key. Anyone who read the hellos can compute it: it is not a secret.
+
+        Raises:
+            UsageError: the handshake is not complete, or ``session`` is
+                outside 0 to 2**32 - 1.
+        """
+        if not self.ready:
+            raise UsageError("the reconcile key needs a completed handshake")
+        if type(session) is not int or not 0 <= session <= MAX_COUNTER:
+            raise UsageError(f"session must be an integer from 0 to {MAX_COUNTER}")
+        assert self._our_nonce is not None
+        assert self._their_nonce is not None
+        if self.our_role is Role.INITIATOR:
+            nonces = self._our_nonce + self._their_nonce
+        else:
+            nonces = self._their_nonce + self._our_nonce
+        return hashlib.sha256(RECONCILE_KEY_DOMAIN + nonces + session.to_bytes(8, "big")).digest()
 
     # --- receiving -------------------------------------------------------
 

@@ -1266,3 +1266,37 @@ def test_table_rows() -> None:
         ("READY", "error", every, "CLOSED"),
         *session,
     }
+
+
+# --- reconciliation keys ----------------------------------------------------------
+
+
+def test_reconcile_key_same_on_both_sides() -> None:
+    initiator, responder = ready_pair()
+    assert initiator.reconcile_key(5) == responder.reconcile_key(5)
+
+
+def test_reconcile_key_formula() -> None:
+    initiator, _ = ready_pair()
+    expected = hashlib.sha256(
+        b"pith-mirror-reconcile-key-v1\n" + INITIATOR_NONCE + RESPONDER_NONCE + (5).to_bytes(8, "big")
+    ).digest()
+    assert initiator.reconcile_key(5) == expected
+
+
+def test_reconcile_key_differs_per_session() -> None:
+    initiator, _ = ready_pair()
+    assert initiator.reconcile_key(0) != initiator.reconcile_key(1)
+
+
+def test_reconcile_key_before_ready_is_usage_error() -> None:
+    initiator, responder = new_pair()
+    responder.receive_data(initiator.send_hello(INITIATOR_NONCE))
+    with pytest.raises(UsageError):
+        responder.reconcile_key(0)
+
+
+def test_reconcile_key_session_range() -> None:
+    initiator, _ = ready_pair()
+    with pytest.raises(UsageError):
+        initiator.reconcile_key(2**32)
