@@ -9,8 +9,8 @@ Rules of the state machine:
 * Each side of a connection has its own state. A side's state names what
   this connection awaits from that side next: ``AWAIT_HELLO``, then
   ``AWAIT_AUTH``, then ``READY``. A side that sent ``bye`` or ``error``, or
-  whose stream ended, is ``CLOSED``; a peer that broke the protocol is
-  ``ERROR``.
+  whose stream ended at a frame boundary, is ``CLOSED``. A peer that broke
+  the protocol, or whose stream ended inside a frame, is ``ERROR``.
 * ``TRANSITIONS`` is the one table of what a side may send: for a side's
   state and a message type, it gives the states the other side must be in
   and the sender's next state. The same table checks the peer's messages

@@ -1300,3 +1300,37 @@ def test_reconcile_key_session_range() -> None:
     initiator, _ = ready_pair()
     with pytest.raises(UsageError):
         initiator.reconcile_key(2**32)
+
+
+# Field values of any msgpack type, so that each schema check meets wrong types.
+FIELD_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=40)
+    | st.sampled_from([ID_A, b"\x00" * 8, b"\x00" * 64, "127.0.0.1:1", "busy"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=10,
+)
+FIELD_NAMES = st.sampled_from(
+    ["ids", "items", "more", "session", "round", "payload", "addresses", "nonce", "code", "reason", "signature"]
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    message_type=st.sampled_from([*MESSAGE_TYPES, "other"]),
+    fields=st.dictionaries(FIELD_NAMES, FIELD_VALUES, max_size=4),
+)
+def test_random_messages_only_documented_events(message_type: str, fields: dict[str, Any]) -> None:
+    payload = msgpack.packb({"type": message_type, **fields}, use_bin_type=True)
+    try:
+        decode_message(payload)
+    except WireError:
+        pass
+    _, responder = ready_pair()
+    events = responder.receive_data(encode_frame(payload))
+    check_events(events)
+    assert len(events) == 1
