@@ -172,6 +172,65 @@ def check_value(value: Any, path: str = "", limits: Limits = DEFAULT_LIMITS) -> 
         CanonicalJSONError: names the path of the first offending value, in
             document order.
     """
+    if _is_canonical(value, limits.max_depth, limits.max_values):
+        return
+    _check_with_paths(value, path, limits)
+
+
+def _is_canonical(value: Any, max_depth: int, max_values: int) -> bool:
+    """Return whether ``value`` is in the model and within the limits, without building paths.
+
+    This is the fast walk taken for every valid value: scalars inside a
+    container are checked in place and only containers go on the stack. It
+    counts values and object keys exactly as ``_check_with_paths`` does,
+    which runs only when this returns False and then names the offending path.
+    """
+    if not _is_canonical_scalar(value) and type(value) is not dict and type(value) is not list:
+        return False
+    remaining = max_values - 1
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if depth > max_depth:
+                return False
+            remaining -= 2 * len(item)
+            if remaining < 0:
+                return False
+            for key, member in item.items():
+                if type(key) is not str or (not key.isascii() and _has_surrogate(key)):
+                    return False
+                member_kind = type(member)
+                if member_kind is dict or member_kind is list:
+                    stack.append((member, depth + 1))
+                elif not _is_canonical_scalar(member):
+                    return False
+        elif kind is list:
+            if depth > max_depth:
+                return False
+            remaining -= len(item)
+            if remaining < 0:
+                return False
+            for member in item:
+                member_kind = type(member)
+                if member_kind is dict or member_kind is list:
+                    stack.append((member, depth + 1))
+                elif not _is_canonical_scalar(member):
+                    return False
+    return True
+
+
+def _is_canonical_scalar(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return value.isascii() or not _has_surrogate(value)
+    if kind is int:
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+    return value is None or kind is bool
+
+
+def _check_with_paths(value: Any, path: str, limits: Limits) -> None:
     remaining = limits.max_values
     max_depth = limits.max_depth
     # Each entry is (value, depth, location, is_object_member). The text path

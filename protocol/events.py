@@ -74,9 +74,11 @@ _SIGNER_TYPE = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z", re.ASCII)
 _FINGERPRINT = re.compile(r"\A[0-9a-f]{32}\Z", re.ASCII)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets every field through object.__setattr__,
+# which made building an Event a measurable part of validating one.
+@dataclass(slots=True)
 class Event:
-    """A validated event.
+    """A validated event; treat it as read-only.
 
     Attributes:
         signer_fingerprint: the signer's key fingerprint, which identifies the

@@ -55,6 +55,9 @@ _ORCID = re.compile(r"\A\d{4}-\d{4}-\d{4}-\d{3}[\dX]\Z", re.ASCII)
 _HOST_PORT = re.compile(r"\A(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})\Z", re.ASCII)
 _MEDIA_TYPE = re.compile(r"\A[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\Z", re.ASCII)
 _MAX_PROOF_B64 = 65536
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+# Spaces, control characters and DEL; the caller has checked for non-ASCII.
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
 
 def _invalid(path: str, reason: str) -> EventError:
@@ -66,7 +69,7 @@ def _text(value: Any, path: str, max_length: int) -> str:
         raise _invalid(path, f"must be text, got {type(value).__name__}")
     if not value or len(value) > max_length:
         raise _invalid(path, f"must be 1 to {max_length} characters, got {len(value)}")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+    if _CONTROL_CHARACTER.search(value):
         raise _invalid(path, "must not contain control characters")
     return value
 
@@ -91,7 +94,7 @@ def check_url(value: Any, path: str) -> str:
     """
     if not isinstance(value, str) or not value or len(value) > _MAX_URL_LENGTH:
         raise _invalid(path, f"URL must be 1 to {_MAX_URL_LENGTH} characters of text")
-    if not value.isascii() or any(char.isspace() or ord(char) < 0x21 or ord(char) == 0x7F for char in value):
+    if not value.isascii() or _URL_FORBIDDEN.search(value):
         raise _invalid(path, "URL must be printable ASCII without spaces")
     try:
         parts = urlsplit(value)

@@ -15,6 +15,7 @@ the merge compares timestamps as strings.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 
@@ -47,18 +48,31 @@ def parse_timestamp(text: object, field: str = "created_at", *, earliest_year: i
     """
     if not isinstance(text, str):
         raise InvalidInput(field, f"timestamp must be text, got {type(text).__name__}")
-    match = _TIMESTAMP.match(text)
-    if match is None:
+    if len(text) != 20:
         raise InvalidInput(
             field, f"timestamp {quote_value(text)} is not in the form YYYY-MM-DDTHH:MM:SSZ"
         )
+    result = _parse_valid_length(text, earliest_year)
+    if isinstance(result, str):
+        raise InvalidInput(field, result)
+    return result
+
+
+# Many events share a timestamp, and parsing is a pure function of the text,
+# so results are cached. Errors are returned, not raised, so the message can
+# name each caller's field.
+@functools.lru_cache(maxsize=8192)
+def _parse_valid_length(text: str, earliest_year: int) -> int | str:
+    match = _TIMESTAMP.match(text)
+    if match is None:
+        return f"timestamp {quote_value(text)} is not in the form YYYY-MM-DDTHH:MM:SSZ"
     year, month, day, hour, minute, second = (int(part) for part in match.groups())
     if not earliest_year <= year <= 9999:
-        raise InvalidInput(field, f"timestamp {text!r} has a year outside {earliest_year}..9999")
+        return f"timestamp {text!r} has a year outside {earliest_year}..9999"
     if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
-        raise InvalidInput(field, f"timestamp {text!r} names a date that does not exist")
+        return f"timestamp {text!r} names a date that does not exist"
     if hour > 23 or minute > 59 or second > 59:
-        raise InvalidInput(field, f"timestamp {text!r} names a time that does not exist")
+        return f"timestamp {text!r} names a time that does not exist"
     return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
 
 
