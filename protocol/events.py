@@ -55,6 +55,7 @@ from .timestamps import parse_timestamp
 from .trust import EVENT_TYPES, TrustConfig
 
 __all__ = [
+    "BODY_FIELDS",
     "ENVELOPE_DOMAIN",
     "Event",
     "build_event",
@@ -65,8 +66,8 @@ __all__ = [
 ENVELOPE_DOMAIN = b"pith-mirror-event-v1\n"
 
 REGISTRY_SIGNER_TYPE = "pith_registry"
-_BODY_FIELDS = ("event_type", "subject_pith_number", "target", "created_at", "signer", "payload")
-_ENVELOPE_FIELDS = frozenset(_BODY_FIELDS) | {"event_id", "signature_b64"}
+BODY_FIELDS = ("event_type", "subject_pith_number", "target", "created_at", "signer", "payload")
+_ENVELOPE_FIELDS = frozenset(BODY_FIELDS) | {"event_id", "signature_b64"}
 _SIGNER_FIELDS = frozenset({"key_id", "public_key_fingerprint", "public_key_hex", "signer_id", "signer_type"})
 _REGISTRY_SIGNER_FIELDS = _SIGNER_FIELDS - {"public_key_hex"}
 _SIGNER_LABEL = re.compile(r"\A[\x21-\x7e][\x20-\x7e]{0,127}\Z", re.ASCII)
@@ -206,7 +207,7 @@ def _check_signer_labels(signer: dict[str, Any]) -> None:
 def _check_common(raw: Any, subject: str) -> None:
     if not isinstance(raw, dict):
         raise EventError("", f"event must be an object, got {type(raw).__name__}")
-    for key in (*_BODY_FIELDS, "event_id"):
+    for key in (*BODY_FIELDS, "event_id"):
         if key not in raw:
             raise EventError(key, "missing")
     if raw["event_type"] not in EVENT_TYPES:
@@ -241,7 +242,7 @@ def _check_receipt(raw: dict[str, Any], trust: TrustConfig) -> None:
         raise EventError(error.field, error.reason, code="bad_receipt") from None
 
 
-def _validate_signed(raw: dict[str, Any], trust: TrustConfig) -> Event:
+def _validate_signed(raw: dict[str, Any], trust: TrustConfig, body_bytes: bytes | None) -> Event:
     signer = raw["signer"]
     for key in raw:
         if key not in _ENVELOPE_FIELDS:
@@ -262,8 +263,9 @@ def _validate_signed(raw: dict[str, Any], trust: TrustConfig) -> Event:
 
     event_type = raw["event_type"]
     check_payload(event_type, raw["payload"], raw["subject_pith_number"])
-    body = {key: raw[key] for key in _BODY_FIELDS}
-    digest = hashlib.sha256(ENVELOPE_DOMAIN + _body_bytes(body)).hexdigest()
+    if body_bytes is None:
+        body_bytes = _body_bytes({key: raw[key] for key in BODY_FIELDS})
+    digest = hashlib.sha256(ENVELOPE_DOMAIN + body_bytes).hexdigest()
     if raw["event_id"] != "sha256:" + digest:
         raise EventError("event_id", f"is not the id of the event body (sha256:{digest})", code="event_id_mismatch")
 
@@ -347,13 +349,15 @@ def _validate_unsigned_registry(raw: dict[str, Any], trust: TrustConfig) -> Even
     )
 
 
-def validate_event(raw: Any, subject: str, trust: TrustConfig) -> Event:
+def validate_event(raw: Any, subject: str, trust: TrustConfig, *, body_bytes: bytes | None = None) -> Event:
     """Check one bundle-form event against the envelope, its schema and the trust configuration.
 
     Args:
         raw: the event as decoded by the strict JSON reader or the wire decoder.
         subject: the Pith number the event must be about.
         trust: which keys may sign which event types.
+        body_bytes: the canonical JSON of the event's body, when the caller
+            has already encoded it; it must be exactly those bytes.
 
     Returns:
         The validated event.
@@ -364,5 +368,5 @@ def validate_event(raw: Any, subject: str, trust: TrustConfig) -> Event:
     """
     _check_common(raw, subject)
     if "public_key_hex" in raw["signer"]:
-        return _validate_signed(raw, trust)
+        return _validate_signed(raw, trust, body_bytes)
     return _validate_unsigned_registry(raw, trust)

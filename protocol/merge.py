@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
-from .canonical import canonical_bytes
+from .canonical import canonical_bytes, check_value
 from .errors import EventError
-from .events import Event, validate_event
+from .events import BODY_FIELDS, Event, validate_event
 from .payloads import EVENT_ID_PATTERN
 from .identifiers import check_aliases, record_pith_number
 from .trust import EVENT_TYPES, MERGE_VERSION, TrustConfig
@@ -78,6 +79,45 @@ def _invalid_entry(raw: Any, encoded: bytes, code: str) -> tuple[str, dict[str, 
     return input_sha256, entry
 
 
+_SIGNED_FIELDS = frozenset(BODY_FIELDS) | {"event_id", "signature_b64"}
+_PLAIN_TEXT = re.compile(r"\A[A-Za-z0-9+/=:]{1,128}\Z", re.ASCII)
+# The bytes the canonical JSON of a signed-shape event adds to its body:
+# ,"event_id":"…" and ,"signature_b64":"…" with their quotes.
+_ID_AND_SIGNATURE_OVERHEAD = len(b',"event_id":""') + len(b',"signature_b64":""')
+
+
+def _encode(value: Any) -> bytes:
+    # For values check_value has already accepted.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _identify(raw: Any) -> tuple[bytes, int, bytes | None]:
+    """Return a key that identifies ``raw``, its canonical JSON size, and its body bytes if computed.
+
+    An event of the signed shape is identified by its body bytes, id and
+    signature, which determine it; the body bytes are reused for its event
+    id, so the event is encoded once instead of twice. Anything else is
+    identified by its full canonical JSON. The two kinds of key cannot be
+    equal, because canonical JSON never contains a NUL byte and the first
+    kind does.
+    """
+    if (
+        type(raw) is dict
+        and raw.keys() == _SIGNED_FIELDS
+        and type(raw["event_id"]) is str
+        and type(raw["signature_b64"]) is str
+        and _PLAIN_TEXT.match(raw["event_id"])
+        and _PLAIN_TEXT.match(raw["signature_b64"])
+    ):
+        body_bytes = _encode({key: raw[key] for key in BODY_FIELDS})
+        event_id = raw["event_id"].encode("ascii")
+        signature = raw["signature_b64"].encode("ascii")
+        size = len(body_bytes) + _ID_AND_SIGNATURE_OVERHEAD + len(event_id) + len(signature)
+        return body_bytes + b"\0" + event_id + b"\0" + signature, size, body_bytes
+    encoded = _encode(raw)
+    return encoded, len(encoded), None
+
+
 def _classify(
     events: Iterable[Any], subject: str, trust: TrustConfig
 ) -> tuple[dict[str, Event], dict[str, dict[str, Any]]]:
@@ -92,38 +132,39 @@ def _classify(
     """
     seen: set[bytes] = set()
     invalid: dict[str, dict[str, Any]] = {}
-    candidates: dict[str, list[tuple[Event, Any, bytes]]] = {}
+    candidates: dict[str, list[tuple[Event, Any]]] = {}
     for raw in events:
-        encoded = canonical_bytes(raw)
-        if encoded in seen:
+        check_value(raw)
+        identity, size, body_bytes = _identify(raw)
+        if identity in seen:
             continue
-        seen.add(encoded)
-        if len(encoded) > MAX_EVENT_BYTES:
-            key, entry = _invalid_entry(raw, encoded, "event_too_large")
+        seen.add(identity)
+        if size > MAX_EVENT_BYTES:
+            key, entry = _invalid_entry(raw, _encode(raw), "event_too_large")
             invalid[key] = entry
             continue
         try:
-            event = validate_event(raw, subject, trust)
+            event = validate_event(raw, subject, trust, body_bytes=body_bytes)
         except EventError as error:
-            key, entry = _invalid_entry(raw, encoded, error.code)
+            key, entry = _invalid_entry(raw, _encode(raw), error.code)
             invalid[key] = entry
             continue
-        candidates.setdefault(event.event_id, []).append((event, raw, encoded))
+        candidates.setdefault(event.event_id, []).append((event, raw))
 
     valid: dict[str, Event] = {}
     for event_id, group in candidates.items():
-        signed = [event for event, _, _ in group if event.signed]
+        signed = [event for event, _ in group if event.signed]
         if signed:
             valid[event_id] = min(signed, key=lambda event: event.signature_b64 or "")
-            losers = [(raw, encoded) for event, raw, encoded in group if not event.signed]
-        elif len({canonical_bytes(event.state_form()) for event, _, _ in group}) == 1:
+            losers = [raw for event, raw in group if not event.signed]
+        elif len({_encode(event.state_form()) for event, _ in group}) == 1:
             # Copies that differ only in fields the state does not carry.
             valid[event_id] = group[0][0]
             losers = []
         else:
-            losers = [(raw, encoded) for _, raw, encoded in group]
-        for raw, encoded in losers:
-            key, entry = _invalid_entry(raw, encoded, "conflicting_event_id")
+            losers = [raw for _, raw in group]
+        for raw in losers:
+            key, entry = _invalid_entry(raw, _encode(raw), "conflicting_event_id")
             invalid[key] = entry
     return valid, invalid
 
