@@ -213,7 +213,7 @@ def command_config(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo()
+    return run_demo(keep_running=args.keep_running)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,9 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="verify and merge the published Pith records shipped with the package",
-        description="Run the offline pipeline on real published records and show the state hashes.",
+        help="verify, merge and serve the published Pith records shipped with the package",
+        description="Verify and merge the real published records, then serve them from a mirror daemon "
+        "on a free loopback port and check the state it returns over HTTP. Exit status 0 when every step "
+        "gives the expected result.",
     )
+    demo.add_argument("--keep-running", action="store_true", help="leave the demo daemon serving until Ctrl-C")
     demo.set_defaults(handler=command_demo)
     return parser
 
