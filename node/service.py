@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,6 +34,8 @@ logger = logging.getLogger("pith_mirror.service")
 # Served documents kept in memory, per kind. A state of the published shape
 # is about 5 KiB, so a full cache uses about 50 MiB.
 CACHE_ENTRIES = 10_000
+_Value = TypeVar("_Value")
+
 # Worker threads that may read the store at once; writes are serialised by
 # the store itself.
 READ_THREADS = 4
@@ -121,20 +123,20 @@ def _from_document(outcome: DocumentOutcome, kind: str) -> list[SubmitOutcome]:
     return results
 
 
-class _LRU:
-    """A bounded map from Pith number to served bytes and ETag."""
+class _LRU(Generic[_Value]):
+    """A bounded map from text keys (Pith numbers, suffixes) to values; the least recently used entry goes first."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.entries: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self.entries: OrderedDict[str, _Value] = OrderedDict()
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
+    def get(self, key: str) -> _Value | None:
         entry = self.entries.get(key)
         if entry is not None:
             self.entries.move_to_end(key)
         return entry
 
-    def put(self, key: str, value: tuple[bytes, str]) -> None:
+    def put(self, key: str, value: _Value) -> None:
         self.entries[key] = value
         self.entries.move_to_end(key)
         while len(self.entries) > self.size:
@@ -164,8 +166,12 @@ class MirrorService:
         self.trust = trust
         self.public_url = public_url.rstrip("/")
         self.metrics = Metrics()
-        self._states = _LRU(CACHE_ENTRIES)
-        self._bundles = _LRU(CACHE_ENTRIES)
+        self._states: _LRU[tuple[bytes, str]] = _LRU(CACHE_ENTRIES)
+        self._bundles: _LRU[tuple[bytes, str]] = _LRU(CACHE_ENTRIES)
+        # Suffix to Pith number. The store never deletes a record, so an
+        # entry never goes stale. A suffix without a record is not cached,
+        # because its record may arrive.
+        self._numbers: _LRU[str] = _LRU(CACHE_ENTRIES)
         self._read_limiter = trio.CapacityLimiter(READ_THREADS)
         self._write_lock = trio.Lock()
         # Counts finished writes. A read that started before a write and
@@ -210,7 +216,12 @@ class MirrorService:
 
     async def number_for_suffix(self, suffix: str) -> str | None:
         """Return the Pith number with this 26-character suffix, or None."""
-        return await self._read(self.store.resolve, suffix)
+        number = self._numbers.get(suffix)
+        if number is None:
+            number = await self._read(self.store.resolve, suffix)
+            if number is not None:
+                self._numbers.put(suffix, number)
+        return number
 
     async def submit(self, document: Any, source: str) -> list[SubmitOutcome]:
         """Store a bundle, a state, one event or a list of events; return outcomes after commit."""
