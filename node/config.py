@@ -106,7 +106,7 @@ class Field:
 FIELDS: tuple[Field, ...] = (
     Field("data_dir", "path", "PITH_MIRROR_DATA_DIR", "--data-dir", "Directory of the database and the default config.toml"),
     Field("http_listen", "host_port", "PITH_MIRROR_HTTP", "--http", "HOST:PORT the HTTP API listens on"),
-    Field("gossip_listen", "host_port", "PITH_MIRROR_GOSSIP", "--gossip", "HOST:PORT the gossip protocol listens on (unused until gossip exists)"),
+    Field("gossip_listen", "host_port", "PITH_MIRROR_GOSSIP", "--gossip", "HOST:PORT the gossip protocol listens on; port 0 picks a free port"),
     Field("peers", "host_ports", "PITH_MIRROR_PEERS", "--peer", "Seed peers as HOST:PORT"),
     Field("public_url", "url", "PITH_MIRROR_PUBLIC_URL", "", "URL this mirror advertises in /pith-mirrors.json"),
     Field("trust_file", "path", "PITH_MIRROR_TRUST", "--trust", "Trust configuration JSON file; when unset, the built-in trust applies"),

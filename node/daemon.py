@@ -1,9 +1,11 @@
 """``pith-mirror run``: the mirror daemon.
 
-The daemon opens the store, serves the HTTP API with Hypercorn's trio
+The daemon opens the store, loads (or creates) the node key, starts the
+gossip node (``node.gossip``), serves the HTTP API with Hypercorn's trio
 worker, expires pending events once an hour, and stops cleanly on SIGINT or
-SIGTERM: Hypercorn stops accepting connections, finishes requests in flight
-for up to ``SHUTDOWN_GRACE_SECONDS``, and then the store is closed. Every
+SIGTERM: gossip sends ``bye`` to its peers, Hypercorn stops accepting
+connections, finishes requests in flight for up to
+``SHUTDOWN_GRACE_SECONDS``, and then the store is closed. Every
 acknowledged write was committed before its answer was sent, so a SIGKILL
 loses nothing that a client received an acknowledgement for.
 """
@@ -24,7 +26,9 @@ from hypercorn.trio import serve
 from protocol import InvalidInput, TrustConfig, default_trust, read_document
 
 from .config import Config
+from .gossip import GossipNode, GossipRoutes, GossipSettings, load_node_key
 from .http_api import MirrorApp
+from .keyfile import KeyFileError
 from .service import MirrorService
 from .store import Store, StoreError
 
@@ -112,6 +116,8 @@ async def run_daemon(
     *,
     shutdown: trio.Event | None = None,
     on_ready: Callable[[MirrorService, list[str]], None] | None = None,
+    gossip_settings: GossipSettings | None = None,
+    prepare_gossip: Callable[[GossipNode], None] | None = None,
 ) -> None:
     """Run the mirror until SIGINT, SIGTERM or ``shutdown`` is set.
 
@@ -120,7 +126,11 @@ async def run_daemon(
         shutdown: an event that stops the daemon when set (for tests and the
             local federation); signals stop it too.
         on_ready: called with the service and the bound URLs once the HTTP
-            server accepts connections.
+            server accepts connections. ``service.gossip.listen_address``
+            is then the bound gossip address.
+        gossip_settings: timings and limits of gossip; the defaults when None.
+        prepare_gossip: called with the gossip node before it starts, for
+            tests that replace its ``connect`` or ``resolve``.
 
     Raises:
         DaemonError: the daemon could not start.
@@ -140,8 +150,17 @@ async def run_daemon(
             raise DaemonError(str(error)) from None
 
         try:
+            try:
+                signing_key = await trio.to_thread.run_sync(load_node_key, config.data_dir)
+            except KeyFileError as error:
+                raise DaemonError(f"cannot use the node key: {error}") from None
             service = MirrorService(store, trust, config.public_url or f"http://{config.http_listen}")
-            await _serve(config, service, signals, shutdown, on_ready)
+            gossip = GossipNode(service, config, signing_key, settings=gossip_settings)
+            service.gossip = gossip
+            service.stored_listeners.append(gossip.stored_locally)
+            if prepare_gossip is not None:
+                prepare_gossip(gossip)
+            await _serve(config, service, signals, shutdown, on_ready, gossip)
         finally:
             await trio.to_thread.run_sync(store.close)
             logger.info("store closed; stopped")
@@ -153,37 +172,72 @@ async def _serve(
     signals: AsyncIterator[int],
     shutdown: trio.Event,
     on_ready: Callable[[MirrorService, list[str]], None] | None,
+    gossip: GossipNode,
 ) -> None:
-    app = MirrorApp(service, config.max_request_body_bytes)
+    app = GossipRoutes(MirrorApp(service, config.max_request_body_bytes), service, gossip)
     listen_error: OSError | None = None
+    failed_listen, flag = config.http_listen, "--http"
     async with trio.open_nursery() as nursery:
         try:
-            bound = await nursery.start(partial(serve, app, _hypercorn_config(config), shutdown_trigger=shutdown.wait))
+            await nursery.start(gossip.run)
         except (OSError, BaseExceptionGroup) as error:
-            # Hypercorn binds inside nested nurseries, so a bind failure
-            # arrives wrapped in exception groups.
+            # The listener binds inside the gossip node's nursery, so a bind
+            # failure may arrive wrapped in an exception group.
             listen_error = _os_error_in(error)
             if listen_error is None:
                 raise
+            failed_listen, flag = config.gossip_listen, "--gossip"
         else:
-            service.public_url = public_url_for(config, bound).rstrip("/")
-            logger.info("serving HTTP on %s; advertised as %s", ", ".join(bound), service.public_url)
-            if on_ready is not None:
-                on_ready(service, bound)
-
-            async with trio.open_nursery() as background:
-                background.start_soon(_watch_signals, signals, shutdown)
-                background.start_soon(_expire_pending, service)
-                await shutdown.wait()
-                background.cancel_scope.cancel()
-            logger.info("stopping: no new connections; finishing requests in flight")
-            # Hypercorn ends serve() itself after its graceful timeout; this
-            # deadline only guards against a request that ignores cancellation.
-            nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_SECONDS + 1
+            listen_error = await _serve_http(nursery, app, config, service, signals, shutdown, on_ready, gossip)
+            if listen_error is not None:
+                nursery.cancel_scope.cancel()
     # Raised outside the nursery, so that callers get a DaemonError and not
     # an exception group.
     if listen_error is not None:
-        raise DaemonError(
-            f"cannot listen on {config.http_listen}: {listen_error.strerror or listen_error}; "
-            "stop the process using that address or choose another with --http"
-        )
+        _raise_listen_error(listen_error, failed_listen, flag)
+
+
+async def _serve_http(
+    nursery: trio.Nursery,
+    app: GossipRoutes,
+    config: Config,
+    service: MirrorService,
+    signals: AsyncIterator[int],
+    shutdown: trio.Event,
+    on_ready: Callable[[MirrorService, list[str]], None] | None,
+    gossip: GossipNode,
+) -> OSError | None:
+    """Serve HTTP until ``shutdown``; return the bind error instead when the address is unusable."""
+    try:
+        bound = await nursery.start(partial(serve, app, _hypercorn_config(config), shutdown_trigger=shutdown.wait))
+    except (OSError, BaseExceptionGroup) as error:
+        # Hypercorn binds inside nested nurseries, so a bind failure
+        # arrives wrapped in exception groups.
+        listen_error = _os_error_in(error)
+        if listen_error is None:
+            raise
+        return listen_error
+
+    service.public_url = public_url_for(config, bound).rstrip("/")
+    logger.info("serving HTTP on %s; advertised as %s", ", ".join(bound), service.public_url)
+    if on_ready is not None:
+        on_ready(service, bound)
+
+    async with trio.open_nursery() as background:
+        background.start_soon(_watch_signals, signals, shutdown)
+        background.start_soon(_expire_pending, service)
+        await shutdown.wait()
+        background.cancel_scope.cancel()
+    await gossip.stop()
+    logger.info("stopping: no new connections; finishing requests in flight")
+    # Hypercorn ends serve() itself after its graceful timeout; this
+    # deadline only guards against a request that ignores cancellation.
+    nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_SECONDS + 1
+    return None
+
+
+def _raise_listen_error(error: OSError, address: str, flag: str) -> None:
+    raise DaemonError(
+        f"cannot listen on {address}: {error.strerror or error}; "
+        f"stop the process using that address or choose another with {flag}"
+    )

@@ -16,8 +16,9 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,6 +27,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from protocol import MAX_BUNDLE_EVENTS, TrustConfig, format_timestamp, key_fingerprint
 
 from .store import DocumentOutcome, EventOutcome, Status, Store, served_bytes
+
+if TYPE_CHECKING:
+    from .gossip import GossipNode
 
 __all__ = ["Metrics", "MirrorService", "SubmitOutcome"]
 
@@ -177,6 +181,11 @@ class MirrorService:
         # Counts finished writes. A read that started before a write and
         # ended after it may hold the old document, so it must not be cached.
         self._writes = 0
+        # Called with the outcomes of every submit(); the gossip node uses
+        # this to announce what HTTP clients stored.
+        self.stored_listeners: list[Callable[[list[SubmitOutcome]], None]] = []
+        # The node's GossipNode once the daemon started it, for tests and routes.
+        self.gossip: GossipNode | None = None
 
     async def _read(self, function: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)
@@ -255,7 +264,39 @@ class MirrorService:
             self._states.discard(subject)
             self._bundles.discard(subject)
         self._count(outcomes, source)
+        for listener in self.stored_listeners:
+            listener(outcomes)
         return outcomes
+
+    async def ingest_items(
+        self, events: list[Any], bundles: list[dict[str, Any]], source: str
+    ) -> tuple[list[EventOutcome], list[DocumentOutcome]]:
+        """Store events and record bundles received from a peer, and drop the cached documents they touched.
+
+        The events are stored first, then the bundles, each in its own
+        transaction, so that a record arriving with its subject's events
+        merges them once. Metrics count the outcomes under source "gossip".
+        """
+        now = time.time()
+
+        def write() -> tuple[list[EventOutcome], list[DocumentOutcome]]:
+            event_outcomes = self.store.add_events(events, source, now) if events else []
+            document_outcomes = list(self.store.add_many_bundles(bundles, source, now)) if bundles else []
+            return event_outcomes, document_outcomes
+
+        async with self._write_lock:
+            try:
+                event_outcomes, document_outcomes = await trio.to_thread.run_sync(write)
+            finally:
+                self._writes += 1
+        outcomes = [_from_event(item) for item in event_outcomes]
+        for document in document_outcomes:
+            outcomes.extend(_from_document(document, "bundle"))
+        for subject in {outcome.subject for outcome in outcomes if outcome.subject}:
+            self._states.discard(subject)
+            self._bundles.discard(subject)
+        self._count(outcomes, "gossip")
+        return event_outcomes, document_outcomes
 
     def _count(self, outcomes: list[SubmitOutcome], source: str) -> None:
         for outcome in outcomes:

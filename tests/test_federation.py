@@ -1,0 +1,562 @@
+"""Federations of real daemons (run_daemon in this process) over loopback TCP.
+
+Every node listens on 127.0.0.1 with port 0. Its ``connect`` is wrapped to
+record each dial and refuse any address outside 127.0.0.0/8, and its
+``resolve`` records the name and fails, so no test sends a packet or a DNS
+query anywhere but loopback. Every wait is bounded by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from bench.verify_merge import load_or_build_workload
+from helpers import SUBJECT, signed_event
+from node.config import Config
+from node.daemon import run_daemon
+from node.demo import FIXTURE_SUBJECT_SUFFIX, fixture_path
+from node.dialpolicy import split_host_port
+from node.gossip import GossipNode, GossipSettings
+from node.gossip_store import GossipStore
+from node.service import MirrorService
+from node.store import STORE_FILENAME, Store
+from protocol import (
+    Connection,
+    ConnectionEvent,
+    EventsRequested,
+    HandshakeFailed,
+    ItemsReceived,
+    MergeProfile,
+    PeerAuthenticated,
+    PeerClosed,
+    PeerError,
+    PongReceived,
+    Role,
+    SigningKey,
+    default_trust,
+    emit_bundle,
+    format_timestamp,
+    merge,
+    read_document,
+)
+from protocol.frames import encode_frame
+
+PUBLISHED_STATE_SHA256 = "639b10615b1eed11474946d569750a736e62592919f04e71d6102b4d3b2b43ce"
+STATE_PATH = f"/pith/{FIXTURE_SUBJECT_SUFFIX}/state.json"
+# Bounds on waits, in seconds. Nothing here is timed; a wait that runs out
+# means the federation did not get there.
+START_SECONDS = 15.0
+SETTLE_SECONDS = 20.0
+CONVERGE_SECONDS = 150.0
+
+FAST = GossipSettings(
+    anti_entropy_interval=1.0,
+    dial_interval=0.05,
+    handshake_timeout=5.0,
+    ping_interval=5.0,
+    idle_timeout=30.0,
+    flush_seconds=0.5,
+    snapshot_max_age=0.2,
+    ingest_linger=0.05,
+    ingest_max_linger=2.0,
+    peer_exchange_interval=1.0,
+)
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float, description: str, every: float = 0.02) -> None:
+    """Poll ``condition`` every ``every`` seconds; fail the test with ``description`` after ``seconds``."""
+    try:
+        with trio.fail_after(seconds):
+            while not condition():
+                await trio.sleep(every)
+    except trio.TooSlowError:
+        raise AssertionError(f"timed out after {seconds} s waiting until {description}") from None
+
+
+def now_text() -> str:
+    return format_timestamp(int(time.time()) - 60)
+
+
+@dataclass
+class Node:
+    """One running daemon and what its gossip node dialled and resolved."""
+
+    name: str
+    data_dir: Path
+    service: MirrorService
+    url: str
+    dialled: list[tuple[str, int]] = field(default_factory=list)
+    resolved: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def gossip(self) -> GossipNode:
+        assert self.service.gossip is not None
+        return self.service.gossip
+
+    @property
+    def address(self) -> str:
+        assert self.gossip.listen_address is not None
+        return self.gossip.listen_address
+
+    def state_sha256(self, subject: str = SUBJECT) -> str | None:
+        return self.service.store.get_state_sha256(subject)
+
+    def all_states(self) -> dict[str, str]:
+        with self.service.store._read() as conn:
+            return dict(conn.execute("SELECT pith_number, state_sha256 FROM states").fetchall())
+
+
+class Federation:
+    """Starts daemons in one nursery and stops them all at the end of the block."""
+
+    def __init__(self, nursery: trio.Nursery, root: Path) -> None:
+        self.nursery = nursery
+        self.root = root
+        self.shutdown = trio.Event()
+        self.nodes: list[Node] = []
+
+    async def start(
+        self,
+        name: str,
+        *,
+        peers: tuple[str, ...] = (),
+        store_file: Path | None = None,
+        settings: GossipSettings = FAST,
+        trust_file: Path | None = None,
+        allow_loopback: bool = True,
+    ) -> Node:
+        data_dir = self.root / name
+        data_dir.mkdir()
+        if store_file is not None:
+            shutil.copyfile(store_file, data_dir / STORE_FILENAME)
+        config = Config(
+            data_dir=data_dir,
+            http_listen="127.0.0.1:0",
+            gossip_listen="127.0.0.1:0",
+            peers=peers,
+            trust_file=trust_file,
+            allow_loopback_addresses=allow_loopback,
+        )
+        dialled: list[tuple[str, int]] = []
+        resolved: list[tuple[str, int]] = []
+
+        async def connect(host: str, port: int) -> trio.SocketStream:
+            dialled.append((host, port))
+            if not host.startswith("127."):
+                raise OSError(f"the test federation dials only 127.0.0.0/8, not {host}")
+            return await trio.open_tcp_stream(host, port)
+
+        async def resolve(host: str, port: int) -> list[str]:
+            resolved.append((host, port))
+            raise OSError(f"the test federation resolves no names ({host})")
+
+        def prepare(gossip: GossipNode) -> None:
+            gossip.connect = connect
+            gossip.resolve = resolve
+
+        ready = trio.Event()
+        started: dict[str, Any] = {}
+
+        def on_ready(service: MirrorService, bound: list[str]) -> None:
+            started["service"], started["url"] = service, bound[0]
+            ready.set()
+
+        self.nursery.start_soon(
+            partial(run_daemon, config, shutdown=self.shutdown, on_ready=on_ready, gossip_settings=settings, prepare_gossip=prepare)
+        )
+        with trio.fail_after(START_SECONDS):
+            await ready.wait()
+        node = Node(name, data_dir, started["service"], started["url"], dialled, resolved)
+        self.nodes.append(node)
+        return node
+
+
+@asynccontextmanager
+async def federation(root: Path) -> AsyncIterator[Federation]:
+    async with trio.open_nursery() as nursery:
+        group = Federation(nursery, root)
+        try:
+            yield group
+        finally:
+            group.shutdown.set()
+            nursery.cancel_scope.deadline = trio.current_time() + START_SECONDS
+
+
+@pytest.fixture(scope="module")
+def published_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a closed store file holding the published state."""
+    data_dir = tmp_path_factory.mktemp("published")
+    state = read_document(fixture_path("state-JXMVLSVZ7B4A7F3JLM5PIYYILY.json").read_bytes())
+    with Store(data_dir) as store:
+        assert store.add_state(state, "test", time.time()).state_sha256 == PUBLISHED_STATE_SHA256
+    return data_dir / STORE_FILENAME
+
+
+async def post_event(node: Node, event: dict[str, Any]) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=node.url, timeout=START_SECONDS) as client:
+        return await client.post("/events", content=json.dumps(event).encode(), headers={"content-type": "application/json"})
+
+
+async def get_json(node: Node, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=node.url, timeout=START_SECONDS) as client:
+        response = await client.get(path)
+    assert response.status_code == 200
+    return response.json()
+
+
+def item_id(event: dict[str, Any]) -> bytes:
+    return hashlib.sha256(json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).digest()
+
+
+# --- a peer driven by hand ---------------------------------------------------
+
+
+class RawPeer:
+    """A test peer that speaks the wire protocol through a Connection and can send anything."""
+
+    def __init__(self, stream: trio.SocketStream, label: str) -> None:
+        self.stream = stream
+        self.key = SigningKey.from_label(label)
+        self.conn = Connection(Role.INITIATOR, self.key, MergeProfile.from_trust(default_trust()))
+
+    @classmethod
+    async def open(cls, address: str, label: str) -> RawPeer:
+        host, port = split_host_port(address)
+        return cls(await trio.open_tcp_stream(host, port), label)
+
+    async def events(self) -> list[ConnectionEvent]:
+        """Read one chunk and return its events; a closed stream gives PeerClosed."""
+        try:
+            data = await self.stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            data = b""
+        return self.conn.receive_data(data)
+
+    async def events_until(self, done: Callable[[ConnectionEvent], bool], seconds: float = SETTLE_SECONDS) -> list[ConnectionEvent]:
+        seen: list[ConnectionEvent] = []
+        with trio.fail_after(seconds):
+            while not seen or not done(seen[-1]):
+                batch = await self.events()
+                if not batch and self.conn.closed:
+                    break
+                for event in batch:
+                    seen.append(event)
+                    if type(event).__name__ == "HelloReceived" and not self.conn.closed:
+                        await self.stream.send_all(self.conn.send_auth())
+                    if done(event):
+                        return seen
+        return seen
+
+    async def handshake(self) -> list[ConnectionEvent]:
+        await self.stream.send_all(self.conn.send_hello(os.urandom(32), None))
+        return await self.events_until(lambda event: isinstance(event, (PeerAuthenticated, PeerError, HandshakeFailed, PeerClosed)))
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
+
+def ended(event: ConnectionEvent) -> bool:
+    return isinstance(event, (PeerError, PeerClosed))
+
+
+# --- convergence -------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_published_state_reaches_seeded_peer(tmp_path: Path, published_store: Path) -> None:
+    async with federation(tmp_path) as group:
+        source = await group.start("source", store_file=published_store)
+        copy = await group.start("copy", peers=(source.address,), allow_loopback=False)
+
+        await wait_for(lambda: copy.state_sha256() == PUBLISHED_STATE_SHA256, SETTLE_SECONDS, "the copy holds the published state")
+        await wait_for(lambda: copy.gossip.counters["items_received"] == 3, SETTLE_SECONDS, "the copy counts the items")
+        async with httpx.AsyncClient(base_url=copy.url, timeout=START_SECONDS) as client:
+            served = await client.get(STATE_PATH)
+
+        assert served.content == fixture_path("state-JXMVLSVZ7B4A7F3JLM5PIYYILY.json").read_bytes()
+        assert copy.gossip.counters["items_received"] == 3
+        assert copy.gossip.counters["items_rejected"] == 0
+        assert copy.dialled == [("127.0.0.1", int(source.address.rsplit(":", 1)[1]))]
+
+
+@dataclass(frozen=True)
+class TenThousand:
+    """Two stores holding disjoint halves of 10,000 signed events, and the expected states."""
+
+    halves: tuple[Path, Path]
+    items: tuple[int, int]
+    expected: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def ten_thousand(tmp_path_factory: pytest.TempPathFactory) -> TenThousand:
+    workload, _ = load_or_build_workload(10_000, 300, cache_dir=None)
+    trust = default_trust()
+    halves = (workload.subjects[:150], workload.subjects[150:])
+    files = []
+    items = []
+    for number, half in enumerate(halves):
+        data_dir = tmp_path_factory.mktemp(f"half{number}")
+        bundles = [
+            emit_bundle(subject.record, subject.aliases, [json.loads(line) for line in subject.lines.splitlines()], trust)
+            for subject in half
+        ]
+        with Store(data_dir) as store:
+            outcomes = list(store.add_many_bundles(bundles, "test", time.time()))
+        assert all(outcome.status == "accepted" for outcome in outcomes)
+        files.append(data_dir / STORE_FILENAME)
+        items.append(sum(len(bundle["events"]) + 1 for bundle in bundles))
+    expected = {
+        subject.pith_number: merge(subject.record, subject.aliases, [json.loads(line) for line in subject.lines.splitlines()], trust)[
+            "state_sha256"
+        ]
+        for subject in workload.subjects
+    }
+    return TenThousand((files[0], files[1]), (items[0], items[1]), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.trio
+async def test_eight_nodes_converge_on_10k_events(tmp_path: Path, ten_thousand: TenThousand) -> None:
+    # Items are stored in batches of up to 10 s of arrivals (the default),
+    # because the store re-merges each subject a write touches.
+    settings = GossipSettings(**{**FAST.__dict__, "anti_entropy_interval": 2.0, "ingest_linger": 0.25, "ingest_max_linger": 10.0})
+    async with federation(tmp_path) as group:
+        nodes = [await group.start("node0", store_file=ten_thousand.halves[0], settings=settings)]
+        for number in range(1, 8):
+            nodes.append(await group.start(f"node{number}", peers=(nodes[0].address,), store_file=ten_thousand.halves[number % 2], settings=settings))
+
+        def converged() -> bool:
+            return all(node.service.store.stats().events == 10_000 for node in nodes)
+
+        # Each poll reads 8 stores on the event loop's thread, so poll rarely.
+        await wait_for(converged, CONVERGE_SECONDS, "all 8 nodes hold the 10,000 events", every=0.5)
+        await wait_for(lambda: all(len(node.all_states()) == 300 for node in nodes), SETTLE_SECONDS, "all 8 nodes hold 300 states")
+        await wait_for(
+            lambda: all(node.gossip.counters["items_accepted"] >= ten_thousand.items[(number + 1) % 2] for number, node in enumerate(nodes)),
+            SETTLE_SECONDS,
+            "every node counts the items it stored",
+        )
+        states = [node.all_states() for node in nodes]
+        received = [node.gossip.counters for node in nodes]
+
+    assert ten_thousand.items == (5200, 5100)
+    for number, node_states in enumerate(states):
+        assert node_states == ten_thousand.expected, f"node{number}"
+        lacking = ten_thousand.items[(number + 1) % 2]
+        assert received[number]["items_accepted"] == lacking, f"node{number}"
+        assert received[number]["items_rejected"] == 0, f"node{number}"
+    for node in nodes:
+        assert all(host.startswith("127.") for host, _ in node.dialled)
+
+
+# --- push --------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_posted_event_reaches_all_nodes(tmp_path: Path, published_store: Path) -> None:
+    # Anti-entropy waits 60 s, so only push (announce, want, items) moves the event.
+    settings = GossipSettings(**{**FAST.__dict__, "anti_entropy_interval": 60.0})
+    async with federation(tmp_path) as group:
+        nodes = [await group.start("node0", store_file=published_store, settings=settings)]
+        for number in range(1, 8):
+            nodes.append(await group.start(f"node{number}", peers=(nodes[0].address,), store_file=published_store, settings=settings))
+        await wait_for(lambda: all(len(node.gossip.sessions) == 7 for node in nodes), SETTLE_SECONDS, "every node has 7 peers")
+
+        event = signed_event("push-test", "mirror_hint", {"slot": "push", "url": "https://push.example.org/pith/"}, now_text())
+        response = await post_event(nodes[0], event)
+        new_id = item_id(event)
+        await wait_for(
+            lambda: all(node.service.store.get_event(new_id.hex()) is not None for node in nodes), SETTLE_SECONDS, "every node stores the event"
+        )
+        # Deliveries are counted once the storing task resumes after the commit.
+        await wait_for(lambda: all(new_id in node.gossip.deliveries for node in nodes[1:]), SETTLE_SECONDS, "every delivery is counted")
+        deliveries = {node.gossip.fingerprint: node.gossip.deliveries.get(new_id, []) for node in nodes}
+        states = {node.state_sha256() for node in nodes}
+
+    assert response.status_code == 200
+    assert len(states) == 1
+    origin = nodes[0].gossip.fingerprint
+    assert deliveries[origin] == []
+    depth = {origin: 0}
+    for _ in range(len(nodes)):
+        for fingerprint, senders in deliveries.items():
+            if senders and senders[0] in depth:
+                depth.setdefault(fingerprint, depth[senders[0]] + 1)
+    assert len(depth) == 8
+    assert max(depth.values()) <= math.ceil(math.log2(8)) + 2
+    assert max(len(senders) for senders in deliveries.values()) <= 3
+
+
+# --- discovery ---------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_hint_leads_to_connection(tmp_path: Path, published_store: Path) -> None:
+    async with federation(tmp_path) as group:
+        target = await group.start("target")
+        finder = await group.start("finder", store_file=published_store)
+        payload = {"slot": "gossip", "url": "https://target.example.org/pith/", "gossip": target.address}
+        hint = signed_event("hint-signer", "mirror_hint", payload, now_text())
+
+        response = await post_event(finder, hint)
+        await wait_for(lambda: target.gossip.node_key in finder.gossip.sessions, SETTLE_SECONDS, "the finder connects to the hinted node")
+        entry = finder.gossip.table.entries[target.address]
+
+    assert response.status_code == 200
+    assert entry.source == "hint"
+    assert entry.signer == hint["signer"]["public_key_hex"]
+    assert finder.resolved == []
+
+
+@pytest.mark.trio
+async def test_forbidden_hint_not_dialled(tmp_path: Path, published_store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pith_mirror.gossip")
+    async with federation(tmp_path) as group:
+        finder = await group.start("finder", store_file=published_store, allow_loopback=False)
+        payload = {"slot": "gossip", "url": "https://metadata.example.org/pith/", "gossip": "169.254.169.254:9090"}
+        hint = signed_event("metadata-hint", "mirror_hint", payload, now_text())
+
+        response = await post_event(finder, hint)
+        await wait_for(lambda: "169.254.169.254:9090" in caplog.text, SETTLE_SECONDS, "the hint is logged")
+        # Give the dialer several rounds to (wrongly) pick the address up.
+        await trio.sleep(FAST.dial_interval * 5)
+        table = dict(finder.gossip.table.entries)
+
+    assert response.status_code == 200
+    assert f"ignored peer address '169.254.169.254:9090' from hint mirror hint {hint['event_id']} on {SUBJECT}" in caplog.text
+    assert "169.254.169.254 is a cloud metadata service address, never dialled (metadata)" in caplog.text
+    assert "169.254.169.254:9090" not in table
+    assert finder.dialled == []
+    assert finder.resolved == []
+
+
+# --- rejections and bans -----------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_profile_mismatch_disconnects(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pith_mirror.gossip")
+    trust_file = tmp_path / "trust.json"
+    trust_file.write_text(json.dumps({**default_trust().document, "unsigned_registry_events": "reject"}))
+    async with federation(tmp_path) as group:
+        ours = await group.start("ours")
+        theirs = await group.start("theirs", peers=(ours.address,), trust_file=trust_file)
+
+        def gave_up() -> bool:
+            entry = theirs.gossip.table.entries[ours.address]
+            return entry.state == "backoff" and entry.last_error is not None
+
+        await wait_for(gave_up, SETTLE_SECONDS, "the dialling node gives up on the peer")
+        entry = theirs.gossip.table.entries[ours.address].as_json(trio.current_time())
+        sessions = (len(ours.gossip.sessions), len(theirs.gossip.sessions))
+
+    assert "merge profiles differ" in str(entry["last_error"])
+    assert entry["next_attempt_in_seconds"] > 6 * 3600 - 60
+    assert sessions == (0, 0)
+    assert "(profile_mismatch); not redialled for 21600 s" in caplog.text
+
+
+@pytest.mark.trio
+async def test_garbage_peer_banned(tmp_path: Path) -> None:
+    async with federation(tmp_path) as group:
+        node = await group.start("node")
+        replies = []
+        for _ in range(3):
+            peer = await RawPeer.open(node.address, "garbage-peer")
+            assert isinstance((await peer.handshake())[-1], PeerAuthenticated)
+            # A frame whose payload is the msgpack integer 104 followed by
+            # four more bytes: not one msgpack value.
+            await peer.stream.send_all(encode_frame(b"hello"))
+            replies.append((await peer.events_until(ended))[-1])
+            await peer.close()
+
+        banned = await RawPeer.open(node.address, "garbage-peer")
+        rejection = (await banned.handshake())[-1]
+        await banned.close()
+        bans = (await get_json(node, "/peers.json"))["bans"]
+
+    assert [type(reply).__name__ for reply in replies] == ["PeerError", "PeerError", "PeerError"]
+    assert [reply.code for reply in replies] == ["invalid_frame", "invalid_frame", "busy"]
+    assert isinstance(rejection, PeerError)
+    assert rejection.code == "busy"
+    assert rejection.reason.startswith("banned for ")
+    assert [ban["peer"] for ban in bans] == [f"key:{SigningKey.from_label('garbage-peer').public_key.hex()}"]
+    assert "invalid_frame" in bans[0]["reason"]
+
+
+@pytest.mark.trio
+async def test_unknown_wants_get_empty_replies(tmp_path: Path, published_store: Path) -> None:
+    async with federation(tmp_path) as group:
+        node = await group.start("node", store_file=published_store)
+        peer = await RawPeer.open(node.address, "curious-peer")
+        await peer.handshake()
+        replies: list[ItemsReceived] = []
+        for request in range(10):
+            ids = [hashlib.sha256(b"unknown %d %d" % (request, number)).digest() for number in range(1000)]
+            await peer.stream.send_all(peer.conn.send_want(ids))
+            events = await peer.events_until(lambda event: isinstance(event, ItemsReceived))
+            replies.extend(event for event in events if isinstance(event, ItemsReceived))
+        await peer.stream.send_all(peer.conn.send_ping(b"12345678"))
+        pong = (await peer.events_until(lambda event: isinstance(event, PongReceived)))[-1]
+        await peer.close()
+        sent = node.gossip.counters["items_sent"]
+
+    assert [(len(reply.items), reply.more) for reply in replies] == [(0, False)] * 10
+    assert isinstance(pong, PongReceived)
+    assert sent == 0
+
+
+@pytest.mark.trio
+async def test_wanted_items_served(tmp_path: Path, published_store: Path) -> None:
+    items = GossipStore(Store(published_store.parent, read_only=True), default_trust())
+    snapshot = items.build_snapshot()
+    items.store.close()
+    async with federation(tmp_path) as group:
+        node = await group.start("node", store_file=published_store)
+        peer = await RawPeer.open(node.address, "fetching-peer")
+        await peer.handshake()
+        await peer.stream.send_all(peer.conn.send_want(list(snapshot.ids)))
+        events = await peer.events_until(lambda event: isinstance(event, ItemsReceived) and not event.more)
+        await peer.close()
+
+    received = [event for event in events if isinstance(event, ItemsReceived)]
+    assert sorted(item for event in received for item in event.ids) == sorted(snapshot.ids)
+
+
+@pytest.mark.trio
+async def test_status_and_peers_routes(tmp_path: Path, published_store: Path) -> None:
+    async with federation(tmp_path) as group:
+        first = await group.start("first", store_file=published_store)
+        second = await group.start("second", peers=(first.address,))
+        await wait_for(lambda: second.gossip.counters["items_accepted"] == 3, SETTLE_SECONDS, "the second node syncs")
+        status = await get_json(second, "/status.json")
+        peers = await get_json(second, "/peers.json")
+
+    assert status["fingerprint"] == second.gossip.fingerprint
+    assert status["gossip_listen"] == second.address
+    assert status["profile"] == {"merge_version": "pith-open-graph-merge-v1", "trust_sha256": default_trust().digest}
+    assert status["peers"]["connected"] == 1
+    assert status["store"]["events"] == 2
+    assert status["store"]["records"] == 1
+    assert status["gossip"]["items_accepted"] == 3
+    assert [row["fingerprint"] for row in peers["connected"]] == [first.gossip.fingerprint]
+    assert [row["address"] for row in peers["known"]] == [first.address]
+    assert peers["known"][0]["source"] == "seed"
+    assert peers["bans"] == []
