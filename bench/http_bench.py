@@ -7,13 +7,14 @@ for example ``apt-get install nginx-light wrk``; the tests never need them)::
     python -m bench.http_bench --smoke
 
 Setup, which is not timed, imports ``--subjects`` bundles from the
-generator of ``bench.import_bench`` into a new store, writes every served
-state (``Store.get_state_bytes``) to ``pith/{suffix}/state.json`` under a
-document root, and starts two servers on free ports of 127.0.0.1: nginx
-with a configuration of its own (``nginx -p PREFIX -c CONF``, one worker
-process unless ``--nginx-workers`` says otherwise) serving that root as
-static files, and the daemon itself (``pith-mirror run``) on the store.
-Before measuring, the benchmark checks that both servers return the same
+generator of ``bench.import_bench`` into a new store. It writes every
+served state (``Store.get_state_bytes``) to ``pith/{suffix}/state.json``
+under a document root and starts the servers on free ports of 127.0.0.1:
+nginx serving that root as static files, with a configuration of its own
+(``nginx -p PREFIX -c CONF``, one worker process unless
+``--nginx-workers`` sets more), the daemon itself (``pith-mirror run``) on
+the store, and the Hypercorn ceiling described below. Before and after
+measuring, the benchmark checks that every server returns the stored
 bytes for a sample of paths.
 
 wrk then requests uniformly random paths from the same list of suffixes,
@@ -420,7 +421,7 @@ end
 
 @dataclass(frozen=True)
 class WrkRun:
-    """The numbers of one wrk run, and the CPU seconds the server used during it."""
+    """Results of one wrk run, with the CPU seconds the server used during it."""
 
     requests: int
     seconds: float

@@ -116,7 +116,7 @@ class ImportCounts:
 
 @dataclass
 class ImportMeasurement:
-    """Timings of the core and store passes and what the store holds afterwards."""
+    """Timings of the core and store passes, with the outcome counts, state digest and size of the store."""
 
     bundles: int
     events: int
