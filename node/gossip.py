@@ -149,18 +149,21 @@ class GossipSettings:
     peer_limits: PeerLimits = field(default_factory=PeerLimits)
 
 
-def push_fanout(connected: int, minimum: int = 3) -> int:
+def push_fanout(connected: int, network_size: int | None = None, minimum: int = 3) -> int:
     """Return how many connected peers a new item is announced to.
 
-    With N = connected + 1 nodes in view, ceil(log2 N) + 2 peers, at least
-    ``minimum`` and at most every connected peer. Each node that stores
-    the item announces it once, so the number of nodes that store it grows
-    by a factor of about fanout + 1 per round. The chance that push misses
-    a node falls like exp(-fanout), and pull anti-entropy repairs a miss.
+    For a network of N nodes (``network_size``, by default connected + 1),
+    ceil(log2 N) + 2 peers, at least ``minimum`` and at most every
+    connected peer. Each node that stores the item announces it once, so
+    the number of nodes that store it grows by a factor of about fanout + 1
+    per round. A node is missed only when every neighbour that announces
+    skips it, a chance of about exp(-fanout), which falls below 1/(4N) with
+    this fanout. Pull anti-entropy repairs a miss.
     """
     if connected <= 0:
         return 0
-    return min(connected, max(minimum, math.ceil(math.log2(connected + 1)) + 2))
+    size = max(network_size or 0, connected + 1)
+    return min(connected, max(minimum, math.ceil(math.log2(size)) + 2))
 
 
 def load_node_key(data_dir: Path) -> SigningKey:
@@ -770,7 +773,9 @@ class GossipNode:
         for item_id in ids:
             self._remember(self._seen, item_id, None)
         candidates = [session for session in self.sessions.values() if session is not exclude and session.ready]
-        count = min(len(candidates), push_fanout(len(self.sessions), self.settings.push_fanout_minimum))
+        # The peer table, stale entries included, estimates the network size.
+        network_size = max(len(self.sessions), len(self.table.entries)) + 1
+        count = min(len(candidates), push_fanout(len(self.sessions), network_size, self.settings.push_fanout_minimum))
         for session in self.rng.sample(candidates, count):
             session.announce(ids)
         self.counters["ids_announced"] += len(ids) * count

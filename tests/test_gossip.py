@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,6 +281,61 @@ def test_hint_without_gossip_ignored(store: Store, items: GossipStore) -> None:
 )
 def test_push_fanout(connected: int, fanout: int) -> None:
     assert push_fanout(connected) == fanout
+
+
+def test_push_fanout_uses_network_size() -> None:
+    assert push_fanout(32, network_size=1024) == 12
+    assert push_fanout(5, network_size=1024) == 5
+    assert push_fanout(32, network_size=4) == 8
+
+
+def random_mesh(nodes: int, picks: int, rng: random.Random) -> list[list[int]]:
+    """Return neighbour lists of a random graph: each node links to ``picks`` others, links both ways."""
+    links: list[set[int]] = [set() for _ in range(nodes)]
+    for node in range(nodes):
+        for other in rng.sample([peer for peer in range(nodes) if peer != node], min(picks, nodes - 1)):
+            links[node].add(other)
+            links[other].add(node)
+    return [sorted(peers) for peers in links]
+
+
+def push_rounds(links: list[list[int]], rng: random.Random) -> tuple[int, int]:
+    """Spread one item from node 0 by push alone, as GossipNode.announce does; return (rounds, nodes reached).
+
+    Each node that stores the item announces it to push_fanout random
+    neighbours other than the one it came from, and a node requests it
+    from its first announcer only, so each node gets one delivery.
+    """
+    reached = {0}
+    frontier: dict[int, int | None] = {0: None}
+    rounds = 0
+    while frontier and len(reached) < len(links):
+        rounds += 1
+        following: dict[int, int | None] = {}
+        for node, source in frontier.items():
+            candidates = [peer for peer in links[node] if peer != source]
+            count = min(len(candidates), push_fanout(len(links[node]), len(links)))
+            for peer in rng.sample(candidates, count):
+                if peer not in reached and peer not in following:
+                    following[peer] = node
+        reached |= set(following)
+        frontier = following
+    return rounds, len(reached)
+
+
+@pytest.mark.parametrize("nodes", [8, 64, 256])
+def test_push_reaches_all_within_bound(nodes: int) -> None:
+    # A model of push on random meshes of up to about 32 links per node
+    # (max_connected_peers), 200 seeded runs per size.
+    rng = random.Random(nodes)
+    bound = math.ceil(math.log2(nodes)) + 2
+    within = 0
+    for _ in range(200):
+        rounds, reached = push_rounds(random_mesh(nodes, min(nodes - 1, 16), rng), rng)
+        if reached == nodes and rounds <= bound:
+            within += 1
+
+    assert within >= 198
 
 
 # --- requests (claims) -------------------------------------------------------
