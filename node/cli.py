@@ -216,6 +216,77 @@ def command_demo(args: argparse.Namespace) -> int:
     return run_demo(keep_running=args.keep_running)
 
 
+def _daemon_json(address: str, path: str) -> Any:
+    """Return the JSON document at ``path`` of the daemon whose HTTP API listens on ``address``.
+
+    Raises:
+        InputError: the daemon cannot be reached or its response is not JSON.
+    """
+    import httpx
+
+    url = f"http://{address}{path}"
+    try:
+        response = httpx.get(url, timeout=10.0)
+    except httpx.HTTPError as error:
+        raise InputError(f"cannot reach the daemon at {url}: {error}; is 'pith-mirror run' listening there? (set it with --http)") from None
+    if response.status_code != 200:
+        raise InputError(f"{url} returned HTTP {response.status_code}; is this a pith-mirror daemon with gossip?")
+    try:
+        return response.json()
+    except ValueError:
+        raise InputError(f"{url} did not return JSON") from None
+
+
+def command_status(args: argparse.Namespace) -> int:
+    status = _daemon_json(args.http, "/status.json")
+    if args.json:
+        _write_json(status, indent=True)
+        return EXIT_OK
+    peers, gossip, store = status["peers"], status["gossip"], status["store"]
+    profile = status["profile"]
+    print(f"node {status['fingerprint']} (key {status['node_key']})")
+    print(f"gossip on {status['gossip_listen']}, advertised as {status['advertised'] or 'nothing'}")
+    print(f"merge profile {profile['merge_version']} with trust {profile['trust_sha256']}")
+    print(f"peers: {peers['connected']} connected, {peers['handshaking']} in handshake, {peers['known']} known, {peers['banned']} banned")
+    print("store: " + ", ".join(f"{value} {name}" for name, value in store.items()))
+    print(
+        f"items: {gossip['items_received']} received ({gossip['items_accepted']} accepted, {gossip['items_duplicate']} duplicate, "
+        f"{gossip['items_rejected']} rejected), {gossip['items_sent']} sent, {gossip['ids_announced']} ids announced"
+    )
+    print(f"reconciliations: {gossip['reconciliations']}; bans: {gossip['bans']}; bytes sent: {gossip['bytes_sent']}")
+    for result in status["recent_reconciliations"][-5:]:
+        print(
+            f"  session {result['session']} with {result['peer']} ({result['address']}): {result['outcome']}, "
+            f"have {result['have']}, need {result['need']}, {result['bytes_sent'] + result['bytes_received']} bytes, {result['seconds']} s"
+        )
+    return EXIT_OK
+
+
+def command_peers(args: argparse.Namespace) -> int:
+    peers = _daemon_json(args.http, "/peers.json")
+    if args.json:
+        _write_json(peers, indent=True)
+        return EXIT_OK
+    print(f"connected ({len(peers['connected'])}):")
+    for row in peers["connected"]:
+        print(
+            f"  {row['fingerprint']} {row['address']} {row['direction']}, listens on {row['listen'] or 'nothing'}, "
+            f"score {row['score']}, items {row['items_received']} received and {row['items_sent']} sent"
+        )
+    print(f"known addresses ({len(peers['known'])}):")
+    for row in peers["known"]:
+        line = f"  {row['address']} from {row['source']}: {row['state']}, {row['failures']} failures"
+        if row["next_attempt_in_seconds"]:
+            line += f", next dial in {row['next_attempt_in_seconds']:.0f} s"
+        if row["last_error"]:
+            line += f"; last error: {row['last_error']}"
+        print(line)
+    print(f"bans ({len(peers['bans'])}):")
+    for ban in peers["bans"]:
+        print(f"  {ban['peer']} for {ban['seconds_left']:.0f} s more: {ban['reason']}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``pith-mirror`` command."""
     parser = argparse.ArgumentParser(
@@ -301,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep-running", action="store_true", help="leave the demo daemon serving until Ctrl-C")
     demo.set_defaults(handler=command_demo)
+
+    for name, handler, summary in (
+        ("status", command_status, "show a running daemon's node key, profile, store counts and gossip counters"),
+        ("peers", command_peers, "show a running daemon's connected peers, peer table, scores and bans"),
+    ):
+        client = commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}, read from its HTTP API.")
+        client.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="the daemon's HTTP API address (default: 127.0.0.1:8080)")
+        client.add_argument("--json", action="store_true", help="print the daemon's JSON document instead of a summary")
+        client.set_defaults(handler=handler)
     return parser
 
 

@@ -28,6 +28,7 @@ import trio
 
 from bench.verify_merge import load_or_build_workload
 from helpers import SUBJECT, signed_event
+from node.cli import main as cli_main
 from node.config import Config
 from node.daemon import run_daemon
 from node.demo import FIXTURE_SUBJECT_SUFFIX, fixture_path
@@ -560,3 +561,35 @@ async def test_status_and_peers_routes(tmp_path: Path, published_store: Path) ->
     assert [row["address"] for row in peers["known"]] == [first.address]
     assert peers["known"][0]["source"] == "seed"
     assert peers["bans"] == []
+
+
+# --- command line ------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_cli_status_and_peers(tmp_path: Path, published_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with federation(tmp_path) as group:
+        first = await group.start("first", store_file=published_store)
+        second = await group.start("second", peers=(first.address,))
+        await wait_for(lambda: second.gossip.counters["items_accepted"] == 3, SETTLE_SECONDS, "the second node syncs")
+        http = second.url.removeprefix("http://")
+        # The commands block on HTTP, so they run in a thread while the
+        # daemons keep serving on this loop.
+        status_code = await trio.to_thread.run_sync(cli_main, ["status", "--http", http])
+        status_text = capsys.readouterr().out
+        peers_code = await trio.to_thread.run_sync(cli_main, ["peers", "--http", http, "--json"])
+        peers = json.loads(capsys.readouterr().out)
+
+    assert status_code == 0
+    assert f"node {second.gossip.fingerprint} (key {second.gossip.node_key.hex()})" in status_text
+    assert "peers: 1 connected, 0 in handshake, 1 known, 0 banned" in status_text
+    assert "items: 3 received (3 accepted, 0 duplicate, 0 rejected)" in status_text
+    assert peers_code == 0
+    assert [row["fingerprint"] for row in peers["connected"]] == [first.gossip.fingerprint]
+
+
+def test_cli_status_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(["status", "--http", "127.0.0.1:1"])
+
+    assert code == 2
+    assert "error: cannot reach the daemon at http://127.0.0.1:1/status.json" in capsys.readouterr().err
