@@ -211,5 +211,8 @@ class Reconciliations:
         if need:
             # Ids found before a timeout or failure are real differences
             # too, so they are fetched whatever the outcome.
+            # NOTE: the queued ids stay in memory, about 70 bytes each, so a
+            # peer that reports up to max_peer_ids (2**24) ids this side
+            # lacks can make it hold about 1 GiB until the requests finish.
             self.session.queue_fetch(sorted(need))
         return result
