@@ -890,7 +890,7 @@ class GossipNode:
                     "direction": "dialled" if session.initiated else "inbound",
                     "listen": session.listen,
                     "connected_seconds": round(time.time() - session.connected_at, 3),
-                    "score": self.table.score_of(session.node_key, None, now),
+                    "score": round(self.table.score_of(session.node_key, None, now), 2),
                     "items_sent": session.items_sent,
                     "items_received": session.items_received,
                     "bytes_sent": session.bytes_sent,
