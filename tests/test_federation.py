@@ -57,6 +57,7 @@ from protocol import (
     read_document,
 )
 from protocol.frames import encode_frame
+from test_daemon import free_port
 
 PUBLISHED_STATE_SHA256 = "639b10615b1eed11474946d569750a736e62592919f04e71d6102b4d3b2b43ce"
 STATE_PATH = f"/pith/{FIXTURE_SUBJECT_SUFFIX}/state.json"
@@ -141,6 +142,7 @@ class Federation:
         settings: GossipSettings = FAST,
         trust_file: Path | None = None,
         allow_loopback: bool = True,
+        listen: str = "127.0.0.1:0",
     ) -> Node:
         data_dir = self.root / name
         data_dir.mkdir()
@@ -149,7 +151,7 @@ class Federation:
         config = Config(
             data_dir=data_dir,
             http_listen="127.0.0.1:0",
-            gossip_listen="127.0.0.1:0",
+            gossip_listen=listen,
             peers=peers,
             trust_file=trust_file,
             allow_loopback_addresses=allow_loopback,
@@ -448,6 +450,22 @@ async def test_forbidden_hint_not_dialled(tmp_path: Path, published_store: Path,
     assert finder.resolved == []
 
 
+@pytest.mark.trio
+async def test_seed_of_own_address_not_redialled(tmp_path: Path) -> None:
+    # NOTE: another process may take the port between the probe and the bind.
+    port = free_port()
+    async with federation(tmp_path) as group:
+        node = await group.start("node", peers=(f"127.0.0.1:{port}",), listen=f"127.0.0.1:{port}")
+        entry = node.gossip.table.entries[f"127.0.0.1:{port}"]
+        await wait_for(lambda: entry.state == "self", SETTLE_SECONDS, "the node recognises its own address")
+        # Several dial rounds pass; the address must not be dialled again.
+        await trio.sleep(FAST.dial_interval * 5)
+        dialled = list(node.dialled)
+
+    assert dialled == [("127.0.0.1", port)]
+    assert node.gossip.sessions == {}
+
+
 # --- rejections and bans -----------------------------------------------------
 
 
@@ -500,6 +518,22 @@ async def test_garbage_peer_banned(tmp_path: Path) -> None:
     assert rejection.reason.startswith("banned for ")
     assert [ban["peer"] for ban in bans] == [f"key:{SigningKey.from_label('garbage-peer').public_key.hex()}"]
     assert "invalid_frame" in bans[0]["reason"]
+
+
+@pytest.mark.trio
+async def test_silent_peer_pinged_then_closed(tmp_path: Path) -> None:
+    settings = GossipSettings(**{**FAST.__dict__, "ping_interval": 0.1, "idle_timeout": 0.35})
+    async with federation(tmp_path) as group:
+        node = await group.start("node", settings=settings)
+        peer = await RawPeer.open(node.address, "silent-peer")
+        await peer.handshake()
+        # The peer reads but never replies, so the node's pings go unanswered.
+        events = await peer.events_until(ended)
+        await peer.close()
+
+    names = [type(event).__name__ for event in events]
+    assert "PingReceived" in names
+    assert isinstance(events[-1], PeerClosed)
 
 
 @pytest.mark.trio
