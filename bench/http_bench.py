@@ -176,7 +176,7 @@ class DaemonProcess:
         env = {key: value for key, value in os.environ.items() if not key.startswith("PITH_MIRROR_")}
         command = [
             *_daemon_command(), "run", "--data-dir", str(self.data_dir),
-            "--http", f"127.0.0.1:{self.port}", "--log-level", "WARNING",
+            "--http", f"127.0.0.1:{self.port}", "--gossip", "127.0.0.1:0", "--log-level", "WARNING",
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -68,7 +68,7 @@ class DaemonProcess:
         env = {**os.environ, "PITH_MIRROR_LOG_LEVEL": "INFO", **self.extra_env}
         env.pop("PITH_MIRROR_CONFIG", None)
         self.process = subprocess.Popen(
-            [str(SCRIPT), "run", "--data-dir", str(self.data_dir), "--http", f"127.0.0.1:{self.port}"],
+            [str(SCRIPT), "run", "--data-dir", str(self.data_dir), "--http", f"127.0.0.1:{self.port}", "--gossip", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -141,7 +141,7 @@ def run_once(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
     """Run ``pith-mirror run`` expecting it to fail at start; return its result."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PITH_MIRROR_")}
     return subprocess.run(
-        [str(SCRIPT), "run", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}"],
+        [str(SCRIPT), "run", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}", "--gossip", "127.0.0.1:0"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

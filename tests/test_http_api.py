@@ -74,7 +74,7 @@ class Mirror:
 @pytest.fixture
 async def mirror(tmp_path: Path, seeded_store: Path) -> AsyncIterator[Mirror]:
     shutil.copyfile(seeded_store, tmp_path / STORE_FILENAME)
-    config = Config(data_dir=tmp_path, http_listen="127.0.0.1:0", max_request_body_bytes=BODY_LIMIT)
+    config = Config(data_dir=tmp_path, http_listen="127.0.0.1:0", gossip_listen="127.0.0.1:0", max_request_body_bytes=BODY_LIMIT)
     ready = trio.Event()
     started: dict[str, Any] = {}
 
