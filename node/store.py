@@ -129,6 +129,7 @@ from protocol import (
 from protocol.payloads import EVENT_ID_PATTERN
 
 from .migrations import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from .ratelimit import RateLimitedLog
 
 try:
     import fcntl
@@ -447,35 +448,6 @@ _RESOLVE_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/
 _VERSION_SHARED_KINDS = ("arxiv", "doi")
 
 
-class _RateLimitedLog:
-    """Log at most ``per_window`` messages per window and count the rest.
-
-    A hostile peer can send rejected input as fast as the network allows;
-    this keeps one log line per rejection from filling the disk.
-    """
-
-    def __init__(self, per_window: int = 20, window_seconds: float = 60.0) -> None:
-        self.per_window = per_window
-        self.window_seconds = window_seconds
-        self._window_start = time.monotonic()
-        self._logged = 0
-        self._suppressed = 0
-
-    def log(self, level: int, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._window_start >= self.window_seconds:
-            if self._suppressed:
-                logger.log(level, "%d more rejections were not logged in the last %.0f s", self._suppressed, self.window_seconds)
-            self._window_start = now
-            self._logged = 0
-            self._suppressed = 0
-        if self._logged < self.per_window:
-            self._logged += 1
-            logger.log(level, message, *args)
-        else:
-            self._suppressed += 1
-
-
 @dataclass
 class _Batch:
     """Progress of one write transaction: the subjects it touched and the rejections it logged."""
@@ -569,7 +541,7 @@ class Store:
         self._closed = False
         self._lock_fd: int | None = None
         self._writer: sqlite3.Connection | None = None
-        self._rejection_log = _RateLimitedLog()
+        self._rejection_log = RateLimitedLog(logger)
         try:
             self._open()
         except BaseException:

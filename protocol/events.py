@@ -242,6 +242,25 @@ def _check_receipt(raw: dict[str, Any], trust: TrustConfig) -> None:
         raise EventError(error.field, error.reason, code="bad_receipt") from None
 
 
+def _validated_event(raw: dict[str, Any], signature_b64: str | None) -> Event:
+    """Return the Event for a raw event that passed every check."""
+    event_type = raw["event_type"]
+    signer = raw["signer"]
+    return Event(
+        event_id=raw["event_id"],
+        event_type=event_type,
+        subject=raw["subject_pith_number"],
+        target=raw["target"],
+        created_at=raw["created_at"],
+        signer=signer,
+        payload=raw["payload"],
+        signature_b64=signature_b64,
+        signer_fingerprint=signer["public_key_fingerprint"],
+        slot=slot_of(event_type, raw["payload"]),
+        signed=signature_b64 is not None,
+    )
+
+
 def _validate_signed(raw: dict[str, Any], trust: TrustConfig, body_bytes: bytes | None) -> Event:
     signer = raw["signer"]
     for key in raw:
@@ -287,19 +306,7 @@ def _validate_signed(raw: dict[str, Any], trust: TrustConfig, body_bytes: bytes 
         )
     if event_type == "record_created":
         _check_receipt(raw, trust)
-    return Event(
-        event_id=raw["event_id"],
-        event_type=event_type,
-        subject=raw["subject_pith_number"],
-        target=raw["target"],
-        created_at=raw["created_at"],
-        signer=signer,
-        payload=raw["payload"],
-        signature_b64=raw["signature_b64"],
-        signer_fingerprint=signer["public_key_fingerprint"],
-        slot=slot_of(event_type, raw["payload"]),
-        signed=True,
-    )
+    return _validated_event(raw, raw["signature_b64"])
 
 
 def _validate_unsigned_registry(raw: dict[str, Any], trust: TrustConfig) -> Event:
@@ -334,19 +341,7 @@ def _validate_unsigned_registry(raw: dict[str, Any], trust: TrustConfig) -> Even
     check_payload(event_type, raw["payload"], raw["subject_pith_number"])
     if event_type == "record_created":
         _check_receipt(raw, trust)
-    return Event(
-        event_id=raw["event_id"],
-        event_type=event_type,
-        subject=raw["subject_pith_number"],
-        target=raw["target"],
-        created_at=raw["created_at"],
-        signer=signer,
-        payload=raw["payload"],
-        signature_b64=None,
-        signer_fingerprint=signer["public_key_fingerprint"],
-        slot=slot_of(event_type, raw["payload"]),
-        signed=False,
-    )
+    return _validated_event(raw, None)
 
 
 def validate_event(raw: Any, subject: str, trust: TrustConfig, *, body_bytes: bytes | None = None) -> Event:
