@@ -213,7 +213,7 @@ def command_config(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(keep_running=args.keep_running)
+    return run_demo(keep_running=args.keep_running, nodes=args.nodes)
 
 
 def _daemon_json(address: str, path: str) -> Any:
@@ -371,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
         "gives the expected result.",
     )
     demo.add_argument("--keep-running", action="store_true", help="leave the demo daemon serving until Ctrl-C")
+    demo.add_argument(
+        "--nodes", type=int, choices=range(3, 9), default=3, metavar="N",
+        help="number of daemons in the local federation, 3 to 8 (default: 3)",
+    )
     demo.set_defaults(handler=command_demo)
 
     for name, handler, summary in (
