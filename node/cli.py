@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on a free loopback port and check the state it returns over HTTP. Exit status 0 when every step "
         "gives the expected result.",
     )
-    demo.add_argument("--keep-running", action="store_true", help="leave the demo daemon serving until Ctrl-C")
+    demo.add_argument("--keep-running", action="store_true", help="leave the demo federation serving until Ctrl-C")
     demo.add_argument(
         "--nodes", type=int, choices=range(3, 9), default=3, metavar="N",
         help="number of daemons in the local federation, 3 to 8 (default: 3)",

@@ -327,7 +327,9 @@ async def _show_discovery(console: Console, group: _Federation, hint: dict[str, 
         return node_c.service.store.get_event_by_id(hint_subject, event_id) is not None
 
     def found() -> bool:
-        return has_hint() and node_a.gossip.node_key in node_c.gossip.sessions
+        entry = node_c.gossip.table.entries.get(node_a.address)
+        from_hint = entry is not None and str(entry.source) == "hint"
+        return has_hint() and from_hint and node_a.gossip.node_key in node_c.gossip.sessions
 
     reached = await _wait_until(found, SETTLE_SECONDS)
     entry = node_c.gossip.table.entries.get(node_a.address)
@@ -337,10 +339,9 @@ async def _show_discovery(console: Console, group: _Federation, hint: dict[str, 
         f"C connected to A ({node_a.gossip.fingerprint}) directly: {'yes' if node_a.gossip.node_key in node_c.gossip.sessions else 'NO'}; "
         f"C's peer table names {node_a.address} from {source}"
     )
-    # NOTE: B sends C its peers as soon as their session starts, so C learns
-    # A's address by peer exchange before the hint arrives. The peer table
-    # keeps the first source of an address, which is why it shows
-    # 'peer_exchange' and not 'hint'.
+    # B sends C its peers as soon as their session starts, so C usually
+    # learns A's address by peer exchange first; the signed hint then
+    # becomes the entry's source.
     return reached and entry is not None
 
 

@@ -213,6 +213,14 @@ class PeerTable:
         """
         known = self.entries.get(address)
         if known is not None:
+            if source is PeerSource.HINT and signer is not None and known.source in (PeerSource.PEER_EXCHANGE, PeerSource.ADVERTISED):
+                # A signed hint is better provenance than a peer's word, so the
+                # entry records it, within the same per-signer cap as new entries.
+                from_signer = sum(1 for entry in self.entries.values() if entry.source is PeerSource.HINT and entry.signer == signer)
+                if from_signer < self.limits.max_per_signer:
+                    known.source = PeerSource.HINT
+                    known.signer = signer
+                    logger.info("peer address %s is also named by %s", address, reporter or "a signed hint")
             return known
         if address in self.own_addresses:
             return None

@@ -64,7 +64,7 @@ def test_demo_federation_lines() -> None:
     assert lines[start + 7] == "   3 nodes, 1 distinct state_sha256: converged"
     assert re.fullmatch(
         rf"   C stores the hint: yes; C connected to A \({FINGERPRINT}\) directly: yes; "
-        rf"C's peer table names {ADDRESS} from peer_exchange",
+        rf"C's peer table names {ADDRESS} from hint",
         discovery_line,
     )
     assert lines[start + 9] == "   state.json served by 3 of 3 nodes is the published file byte for byte"

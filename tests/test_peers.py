@@ -119,6 +119,25 @@ def test_signer_cap_limits_hints() -> None:
     assert other is not None
 
 
+def test_hint_upgrades_exchanged_address() -> None:
+    peers = table(max_per_signer=1)
+    signer = "ef" * 32
+    exchanged = peers.add_candidate("8.8.8.1:9090", PeerSource.PEER_EXCHANGE, 0.0)
+    capped = peers.add_candidate("8.8.8.2:9090", PeerSource.PEER_EXCHANGE, 0.0)
+
+    hinted = peers.add_candidate("8.8.8.1:9090", PeerSource.HINT, 0.0, signer=signer)
+    over_cap = peers.add_candidate("8.8.8.2:9090", PeerSource.HINT, 0.0, signer=signer)
+
+    assert hinted is exchanged
+    assert hinted is not None
+    assert hinted.source is PeerSource.HINT
+    assert hinted.signer == signer
+    assert over_cap is capped
+    assert over_cap is not None
+    assert over_cap.source is PeerSource.PEER_EXCHANGE
+    assert over_cap.signer is None
+
+
 def test_full_table_evicts_failed_entry() -> None:
     peers = table(max_known=2)
     failing = peers.add_candidate("8.8.8.1:9090", PeerSource.PEER_EXCHANGE, 0.0)
