@@ -251,7 +251,7 @@ def _parse_host_port(value: Any, *, listen: bool = False) -> str:
         raise ValueError(f"must be HOST:PORT text, not {type(value).__name__}")
     text = value.strip()
     if listen and text.endswith(":0"):
-        # Port 0 asks the operating system for a free port, which only makes
+        # Port 0 requests a free port from the operating system, which only makes
         # sense for an address to listen on, never for a peer to dial.
         host, _ = split_host_port(text[:-2] + ":1")
         port = 0

@@ -1,7 +1,7 @@
 """The mirror service: the store, caches and metrics behind the HTTP API and the daemon.
 
 ``Store`` is synchronous SQLite. The service runs its calls in worker
-threads (``trio.to_thread``) so that the event loop never waits on the disk,
+threads (``trio.to_thread``) so that store calls do not block the event loop,
 and keeps the served bytes of recently read states and bundles in memory.
 A write invalidates the cached entries of every subject it touched before
 the caller gets its outcome, and a read that overlapped a write does not

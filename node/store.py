@@ -26,7 +26,7 @@ Schema (``node/migrations.py`` creates it; version ``SCHEMA_VERSION``)
   ``json.dumps(state, separators=(",", ":"), ensure_ascii=False)`` in UTF-8,
   which is byte for byte what the registry serves.
 * ``rejections``: the newest ``StoreLimits.rejections_kept`` rejected
-  inputs, for the status page. ``counters`` holds row counts kept by
+  inputs, for the status page. ``counters`` contains row counts kept by
   triggers.
 
 What is stored
@@ -195,7 +195,7 @@ _ARXIV_VERSION_SUFFIX = re.compile(r"\A(?P<id>.+?)v(?P<version>[1-9][0-9]{0,5})\
 def _arxiv_lookup(lowered: str) -> tuple[str | None, int | None]:
     """Return the lowercased arXiv id and version that a lookup text names, if it looks like one."""
     text = lowered.removeprefix("10.48550/arxiv.")
-    if "/" in text and text.count("/") > 1:
+    if text.count("/") > 1:
         return None, None
     match = _ARXIV_VERSION_SUFFIX.match(text)
     if match is not None:
@@ -1231,7 +1231,7 @@ class Store:
     ) -> tuple[tuple[EventOutcome, ...], list[tuple[Any, ...]], list[Any]]:
         """Return the outcomes, the events rows to insert and the decoded events of a document's events.
 
-        Only reads: nothing is written. With ``new_subject`` the store holds
+        Only reads: nothing is written. With ``new_subject`` the store contains
         no event of ``subject``, so no event id needs looking up.
 
         Raises:
@@ -1311,8 +1311,8 @@ class Store:
         if not isinstance(event_type, str) or not isinstance(created_at, str) or not isinstance(signer, dict):
             raise _NeedsFullChecks
         # A valid created_at has the one fixed-width form, whose string order
-        # is time order, so comparing strings gives check_not_future's
-        # answer. An invalid one makes the merge list the event as invalid.
+        # is time order, so comparing strings gives the same result as
+        # check_not_future. An invalid one makes the merge list the event as invalid.
         if created_at > batch.future_limit():
             raise _NeedsFullChecks
         signed = "public_key_hex" in signer
@@ -1677,20 +1677,20 @@ class Store:
             ).fetchall()
             # A record published without aliases is still found by its own
             # source identifier, with the same ranking as the arxiv alias.
-            source_id, version_wanted = _arxiv_lookup(lowered)
+            source_id, requested_version = _arxiv_lookup(lowered)
             if source_id is not None:
                 query = (
                     "SELECT 'arxiv', proven, source_version, pith_number FROM records "
                     "WHERE source_kind = 'arxiv' AND lower(source_id) = ?"
                 )
                 arguments: tuple[Any, ...] = (source_id,)
-                if version_wanted is not None:
+                if requested_version is not None:
                     query += " AND source_version = ?"
-                    arguments += (version_wanted,)
+                    arguments += (requested_version,)
                 rows += conn.execute(query + " LIMIT ?", (*arguments, MAX_RESOLVE_CANDIDATES)).fetchall()
         best: dict[str, tuple[int, int]] = {}
         for kind, proven, version, number in rows:
-            if version_wanted is not None and kind == "arxiv":
+            if requested_version is not None and kind == "arxiv":
                 kind = "arxiv_version"
             rank = (-proven, -version if kind in _VERSION_SHARED_KINDS else 0)
             best[number] = min(rank, best.get(number, rank))

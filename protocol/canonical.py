@@ -16,7 +16,7 @@ exactly one encoding on every replica and in every language:
   2**53 - 1, because a reader that decodes numbers as doubles would see
   another value outside it;
 * no non-integer numbers at all. ``1.0``, ``1e0``, ``-0.0`` and ``1e-05``
-  have several spellings across encoders, and no published Pith record holds
+  have several spellings across encoders, and no published Pith record contains
   one. ``-0`` is rejected too, because it is a second spelling of ``0``;
 * text must be valid Unicode: an unpaired surrogate has no UTF-8 encoding.
 
@@ -314,7 +314,7 @@ def parse_json(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> Any:
 
     Raises:
         CanonicalJSONError: the document is too large, is not UTF-8, is not
-            JSON, or holds a value outside the model; ``field`` is the path.
+            JSON, or contains a value outside the model; ``field`` is the path.
     """
     if isinstance(data, str):
         if len(data) > limits.max_bytes:

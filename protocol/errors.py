@@ -67,7 +67,7 @@ class InvalidInput(PithError):
 
 
 class CanonicalJSONError(InvalidInput):
-    """Input is not valid JSON, or holds a value canonical JSON does not allow."""
+    """Input is not valid JSON, or contains a value canonical JSON does not allow."""
 
 
 class IdentifierError(InvalidInput):

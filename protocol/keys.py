@@ -203,7 +203,7 @@ class SigningKey:
     def from_label(cls, label: str) -> SigningKey:
         """Create a deterministic test key whose seed is SHA-256 of ``label``.
 
-        Only for tests and benchmarks: anyone who knows the label has the key.
+        Only for tests and benchmarks: anyone with the label can derive the key.
         """
         return cls(hashlib.sha256(label.encode("utf-8")).digest())
 
@@ -224,7 +224,7 @@ def verify_receipt(
 ) -> str:
     """Check a registry receipt over a record's ``canonical_sha256``.
 
-    The registry signs the 32 raw digest bytes, not the hex text, and says so
+    The registry signs the 32 raw digest bytes, not the hex text, and states so
     in ``signed_message``.
 
     Args:

@@ -2,7 +2,7 @@
 
 ``merge`` is a pure function of the *set* of its inputs. It sorts everything
 it emits by keys computed from the events themselves, never by arrival order,
-so every replica that holds the same events computes the same bytes and the
+so every replica that stores the same events computes the same bytes and the
 same ``state_sha256``. ``docs/merge.md`` states the rules precisely enough
 for a second implementation; the steps below follow it.
 """
@@ -24,7 +24,7 @@ from .trust import EVENT_TYPES, MERGE_VERSION, TrustConfig
 
 __all__ = ["merge", "state_hash", "LIST_NAMES", "MAX_EVENT_BYTES"]
 
-# The list in ``current`` that holds each event type, in document order.
+# The list in ``current`` that contains each event type, in document order.
 LIST_NAMES = {
     "graph_snapshot": "graph_snapshots",
     "author_attestation": "author_attestations",
@@ -216,7 +216,7 @@ def _withdrawn_ids(winners: Iterable[Event]) -> set[str]:
     """Return the ids that winning corrections withdraw from ``current``.
 
     A correction withdraws an event only when both have the same signer, so
-    nobody can withdraw another signer's event. An unsigned correction
+    no signer can withdraw another signer's event. An unsigned correction
     cannot withdraw a signed event, for the reason given in ``_resolve_slots``.
     """
     winners = list(winners)

@@ -90,7 +90,7 @@ def check_url(value: Any, path: str) -> str:
     """Return ``value`` if it is an absolute http or https URL without userinfo.
 
     This is syntax only. Whether the node may connect to the host is the dial
-    policy's decision in node/, which also sees addresses after resolution.
+    policy's decision in node/, which also checks addresses after resolution.
     """
     if not isinstance(value, str) or not value or len(value) > _MAX_URL_LENGTH:
         raise _invalid(path, f"URL must be 1 to {_MAX_URL_LENGTH} characters of text")
@@ -257,7 +257,7 @@ def check_payload(event_type: str, payload: Any, subject: str) -> None:
 
     ``record_created`` payloads must also carry the subject's own record:
     its hash must be ``canonical_sha256`` and derive the subject's Pith number.
-    Receipts are checked by the event validator, which holds the trust
+    Receipts are checked by the event validator, which has the trust
     configuration.
     """
     if not isinstance(payload, dict):

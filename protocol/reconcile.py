@@ -9,7 +9,7 @@ are done, and the others are split until they are small enough to send as
 id lists. docs/reconciliation.md specifies the messages byte by byte.
 
 Fingerprints are keyed with a 32-byte session key that both sides share and
-that nobody knew before the session started (the node derives it from both
+that no one knew before the session started (the node derives it from both
 handshake nonces). A third party who creates events therefore cannot choose
 ids whose fingerprints collide, as it could against a plain sum or XOR of
 the ids.
@@ -97,7 +97,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024 - 1024
 # The maximum number of ids one peer may report that this side lacks in one
 # session, and the allowance that sizes the round limit. 2**24 ids are 512 MiB.
 # NOTE: a guess at an upper bound on a full Pith catalogue, not a measured
-# size. The node can pass a tighter value when it knows the peer's size.
+# size. The node can pass a tighter value when it has learned the peer's size.
 DEFAULT_MAX_PEER_IDS = 1 << 24
 
 _ZERO_BOUND = bytes(ID_SIZE)

@@ -292,7 +292,7 @@ class PeerError:
 
 @dataclass(frozen=True)
 class PeerClosed:
-    """The peer sent bye or its stream ended; ``reason`` tells the two apart and names a truncated frame."""
+    """The peer sent bye or its stream ended; ``reason`` distinguishes the two and names a truncated frame."""
 
     reason: str
 
@@ -669,7 +669,7 @@ class Connection:
         Both sides derive the same key: SHA-256 of ``RECONCILE_KEY_DOMAIN``,
         the initiator's hello nonce, the responder's hello nonce and the
         session number as 8 bytes big-endian. The nonces are fresh for each
-        connection, so nobody who created ids before the handshake knew the
+        connection, so no one who created ids before the handshake knew the
         key. Anyone who read the hellos can compute it: it is not a secret.
 
         Raises:
