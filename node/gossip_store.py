@@ -251,7 +251,7 @@ class GossipStore:
         """
         with self._lock:
             generation = self._generation
-        with self.store._read() as conn:
+        with self.store.snapshot() as conn:
             excluded = {row[0] for row in conn.execute("SELECT input_sha256 FROM events WHERE excluded = 1")}
             event_ids = [
                 bytes.fromhex(row[0])
@@ -308,7 +308,7 @@ class GossipStore:
         self._ensure_indexed()
         stored: set[str] = set()
         hexes = [item.hex() for item in ids]
-        with self.store._read() as conn:
+        with self.store.snapshot() as conn:
             for chunk in _chunks(hexes):
                 placeholders = ",".join("?" * len(chunk))
                 stored.update(row[0] for row in conn.execute(f"SELECT input_sha256 FROM events WHERE input_sha256 IN ({placeholders})", chunk))
@@ -325,7 +325,7 @@ class GossipStore:
         self._ensure_indexed()
         found: dict[bytes, tuple[dict[str, Any], int]] = {}
         hexes = [item.hex() for item in ids]
-        with self.store._read() as conn:
+        with self.store.snapshot() as conn:
             for chunk in _chunks(hexes):
                 placeholders = ",".join("?" * len(chunk))
                 query = f"SELECT input_sha256, raw_json FROM events WHERE input_sha256 IN ({placeholders}) AND excluded = 0"
@@ -368,7 +368,7 @@ class GossipStore:
     def record_entry_ids(self, subjects: Iterable[str]) -> dict[str, bytes]:
         """Return the current record entry id of each stored subject and remember them as known."""
         result: dict[str, bytes] = {}
-        with self.store._read() as conn:
+        with self.store.snapshot() as conn:
             for number in sorted(set(subjects)):
                 row = conn.execute("SELECT record_json FROM records WHERE pith_number = ?", (number,)).fetchone()
                 if row is None:
@@ -401,7 +401,7 @@ class GossipStore:
         NOTE: this scans the events table (no index on event_type); the node
         calls it once at start.
         """
-        with self.store._read() as conn:
+        with self.store.snapshot() as conn:
             rows = conn.execute(
                 "SELECT DISTINCT subject FROM events WHERE event_type = 'mirror_hint' AND excluded = 0 AND pending = 0"
             ).fetchall()
@@ -415,7 +415,7 @@ class GossipStore:
         skipped, because no signing key can be charged for them.
         """
         found: list[HintAddress] = []
-        with self.store._read() as conn:
+        with self.store.snapshot() as conn:
             for number in sorted(set(subjects)):
                 row = conn.execute("SELECT state_json FROM states WHERE pith_number = ?", (number,)).fetchone()
                 if row is None:
@@ -491,7 +491,7 @@ class GossipStore:
         found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         if not subjects:
             return found
-        with self.store._read() as conn:
+        with self.store.snapshot() as conn:
             for number in subjects:
                 row = conn.execute("SELECT record_json FROM records WHERE pith_number = ?", (number,)).fetchone()
                 if row is None:

@@ -554,7 +554,7 @@ class Store:
         if self.read_only:
             if not self.path.exists():
                 raise StoreError(f"no store at {self.path}; start the daemon once to create it")
-            with self._read() as conn:
+            with self.snapshot() as conn:
                 version = self._schema_version(conn)
                 self._check_schema_version(version)
                 if version < SCHEMA_VERSION:
@@ -746,7 +746,7 @@ class Store:
             raise
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
         """Lend a query-only connection inside one read transaction, so that all its queries read one snapshot."""
         if self._closed:
             raise StoreError(f"store {self.path} is closed")
@@ -1548,7 +1548,7 @@ class Store:
 
     def get_state_bytes(self, pith_number: str) -> bytes | None:
         """Return the served bytes of a subject's state, or None when the subject is unknown."""
-        with self._read() as conn:
+        with self.snapshot() as conn:
             row = conn.execute("SELECT state_json FROM states WHERE pith_number = ?", (pith_number,)).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -1557,9 +1557,14 @@ class Store:
         data = self.get_state_bytes(pith_number)
         return None if data is None else json.loads(data)
 
+    def state_hashes(self) -> dict[str, str]:
+        """Return every stored subject's ``state_sha256``, keyed by Pith number, from one snapshot."""
+        with self.snapshot() as conn:
+            return dict(conn.execute("SELECT pith_number, state_sha256 FROM states").fetchall())
+
     def get_state_sha256(self, pith_number: str) -> str | None:
         """Return a subject's ``state_sha256`` (for an ETag), or None when the subject is unknown."""
-        with self._read() as conn:
+        with self.snapshot() as conn:
             return self._stored_state_sha256(conn, pith_number)
 
     def get_bundle(self, pith_number: str) -> dict[str, Any] | None:
@@ -1571,7 +1576,7 @@ class Store:
         bundle that ``protocol.bundle_input`` rejects; use get_bundle_parts
         to send it.
         """
-        with self._read() as conn:
+        with self.snapshot() as conn:
             loaded = self._merge_input(conn, pith_number, with_excluded=False)
         if loaded is None:
             return None
@@ -1597,13 +1602,13 @@ class Store:
 
     def get_event(self, input_sha256: str) -> dict[str, Any] | None:
         """Return a stored event as received, by its input hash, or None."""
-        with self._read() as conn:
+        with self.snapshot() as conn:
             row = conn.execute("SELECT raw_json FROM events WHERE input_sha256 = ?", (input_sha256,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def get_event_by_id(self, pith_number: str, event_id: str) -> dict[str, Any] | None:
         """Return the stored input of an event id within a subject, or None."""
-        with self._read() as conn:
+        with self.snapshot() as conn:
             row = conn.execute(
                 "SELECT raw_json FROM events WHERE subject = ? AND event_id = ?", (pith_number, event_id)
             ).fetchone()
@@ -1649,7 +1654,7 @@ class Store:
         if not cleaned or len(cleaned) > MAX_LABEL_LENGTH:
             return []
         lowered = cleaned.lower()
-        with self._read() as conn:
+        with self.snapshot() as conn:
             match = _RESOLVE_PITH_NUMBER.match(lowered)
             if match is not None:
                 number = f"pith:{match.group(1)}:{match.group(2).upper()}"
@@ -1698,7 +1703,7 @@ class Store:
 
     def stats(self) -> StoreStats:
         """Return the counts for the status page; cheap enough to call per request."""
-        with self._read() as conn:
+        with self.snapshot() as conn:
             counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
             excluded = conn.execute("SELECT COUNT(*) FROM events WHERE excluded = 1").fetchone()[0]
             logged = conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
@@ -1718,7 +1723,7 @@ class Store:
 
     def recent_rejections(self, limit: int = 50) -> list[Rejection]:
         """Return the newest entries of the rejections log, newest first."""
-        with self._read() as conn:
+        with self.snapshot() as conn:
             rows = conn.execute(
                 "SELECT received_at, source, input_sha256, subject, event_id, field, code, reason "
                 "FROM rejections ORDER BY id DESC LIMIT ?",
@@ -1729,7 +1734,7 @@ class Store:
     def recent_activity(self, limit: int = 50) -> list[Activity]:
         """Return the newest stored records, stored events and rejections, newest first."""
         limit = max(0, limit)
-        with self._read() as conn:
+        with self.snapshot() as conn:
             records = conn.execute(
                 "SELECT rowid, received_at, source, pith_number FROM records ORDER BY rowid DESC LIMIT ?", (limit,)
             ).fetchall()
@@ -1770,7 +1775,7 @@ class Store:
         """
         last = ""
         while True:
-            with self._read() as conn:
+            with self.snapshot() as conn:
                 rows = conn.execute(
                     "SELECT pith_number FROM records WHERE pith_number > ? ORDER BY pith_number LIMIT ?", (last, page_size)
                 ).fetchall()
@@ -1792,7 +1797,7 @@ class Store:
         mismatched: list[str] = []
         last = ""
         while True:
-            with self._read() as conn:
+            with self.snapshot() as conn:
                 subjects = [
                     row[0]
                     for row in conn.execute(
@@ -1807,7 +1812,7 @@ class Store:
             if not subjects:
                 break
             last = subjects[-1]
-        with self._read() as conn:
+        with self.snapshot() as conn:
             stuck = conn.execute(
                 "SELECT DISTINCT subject FROM events INDEXED BY events_pending_by_subject WHERE pending = 1 "
                 "AND EXISTS (SELECT 1 FROM records WHERE records.pith_number = events.subject)"
@@ -1819,7 +1824,7 @@ class Store:
 
     def integrity_check(self) -> list[str]:
         """Run SQLite's integrity check over the whole file; return its findings (empty when sound)."""
-        with self._read() as conn:
+        with self.snapshot() as conn:
             rows = conn.execute("PRAGMA integrity_check").fetchall()
         findings = [str(row[0]) for row in rows]
         return [] if findings == ["ok"] else findings

@@ -49,7 +49,7 @@ def items(store: Store) -> GossipStore:
 
 
 def stored_inputs(store: Store) -> dict[bytes, bytes]:
-    with store._read() as conn:
+    with store.snapshot() as conn:
         return {bytes.fromhex(sha): bytes(raw) for sha, raw in conn.execute("SELECT input_sha256, raw_json FROM events")}
 
 

@@ -1,0 +1,1 @@
+"""Reusable test harness: a federation of real daemons, hostile peers and network faults."""
