@@ -20,8 +20,6 @@ import copy
 import json
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -31,14 +29,20 @@ import httpx
 import trio
 from rich.console import Console
 
-from protocol import SigningKey, build_event, default_trust, format_timestamp, merge, read_document, state_input
+from protocol import (
+    SigningKey,
+    build_event,
+    default_trust,
+    format_timestamp,
+    merge,
+    read_document,
+    state_input,
+)
 
-from .config import Config, load_config
-from .daemon import run_daemon
-from .gossip import GossipNode, GossipSettings
+from .gossip import GossipSettings
 from .importer import import_sources
+from .localnet import LocalFederation, LocalNode, wait_until
 from .offline import read_items, verify_item
-from .service import MirrorService
 
 __all__ = ["FIXTURE_STATE_SHA256", "MAX_NODES", "MIN_NODES", "fixture_path", "run_demo"]
 
@@ -49,11 +53,9 @@ MIN_NODES = 3
 MAX_NODES = 8
 NODE_NAMES = "ABCDEFGH"
 # Bounds on waits, in seconds. The federation normally settles in under one.
-START_SECONDS = 15.0
 SETTLE_SECONDS = 20.0
 CONVERGE_SECONDS = 20.0
 HTTP_SECONDS = 10.0
-POLL_SECONDS = 0.02
 
 # Short intervals so that the demo converges within seconds. Every session
 # starts with a peers message, so the periodic resend keeps its default.
@@ -132,97 +134,6 @@ def run_demo(console: Console | None = None, keep_running: bool = False, nodes: 
     return 0 if ok else 1
 
 
-@dataclass
-class _DemoNode:
-    """One daemon of the local federation, once its HTTP server accepts connections."""
-
-    name: str
-    service: MirrorService
-    url: str
-
-    @property
-    def gossip(self) -> GossipNode:
-        assert self.service.gossip is not None
-        return self.service.gossip
-
-    @property
-    def address(self) -> str:
-        assert self.gossip.listen_address is not None
-        return self.gossip.listen_address
-
-    def state_sha256(self, subject: str) -> str | None:
-        return self.service.store.get_state_sha256(subject)
-
-
-class _Federation:
-    """Daemons started in one nursery and stopped together by one shared event."""
-
-    def __init__(self, nursery: trio.Nursery, root: Path) -> None:
-        self.nursery = nursery
-        self.root = root
-        self.shutdown = trio.Event()
-        self.nodes: list[_DemoNode] = []
-
-    def config(self, name: str, peers: list[str]) -> Config:
-        data_dir = self.root / name
-        data_dir.mkdir(exist_ok=True)
-        return load_config(
-            {
-                "data_dir": str(data_dir),
-                "http_listen": "127.0.0.1:0",
-                "gossip_listen": "127.0.0.1:0",
-                "peers": peers,
-                "allow_loopback_addresses": True,
-                "log_level": "WARNING",
-            },
-            {},
-            None,
-        )
-
-    async def start(self, name: str, config: Config) -> _DemoNode:
-        ready = trio.Event()
-        started: list[_DemoNode] = []
-
-        def on_ready(service: MirrorService, urls: list[str]) -> None:
-            started.append(_DemoNode(name, service, urls[0]))
-            ready.set()
-
-        self.nursery.start_soon(
-            partial(
-                run_daemon, config, shutdown=self.shutdown, on_ready=on_ready,
-                gossip_settings=DEMO_GOSSIP, prepare_gossip=_loopback_only,
-            )
-        )
-        with trio.fail_after(START_SECONDS):
-            await ready.wait()
-        self.nodes.append(started[0])
-        return started[0]
-
-
-def _loopback_only(gossip: GossipNode) -> None:
-    """Make ``gossip`` dial only 127.0.0.0/8 and resolve no names, so the demo sends nothing off this machine."""
-
-    async def connect(host: str, port: int) -> trio.SocketStream:
-        if not host.startswith("127."):
-            raise OSError(f"the demo federation dials only 127.0.0.0/8, not {host}")
-        return await trio.open_tcp_stream(host, port)
-
-    async def resolve(host: str, port: int) -> list[str]:
-        raise OSError(f"the demo federation resolves no host names ({host})")
-
-    gossip.connect = connect
-    gossip.resolve = resolve
-
-
-async def _wait_until(condition: Callable[[], bool], seconds: float) -> bool:
-    """Poll ``condition`` until it is true and return True, or return False once ``seconds`` pass."""
-    with trio.move_on_after(seconds):
-        while not condition():
-            await trio.sleep(POLL_SECONDS)
-        return True
-    return False
-
-
 def _demo_event(key: SigningKey, event_type: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
     # Nodes reject events created more than 10 minutes ahead of their clock,
     # so the demo dates its events a minute in the past to stay clear of that.
@@ -251,7 +162,7 @@ async def _run_federation(console: Console, published: bytes, count: int, keep_r
     """Serve the published data from a local federation of ``count`` daemons and check what they converge to."""
     with tempfile.TemporaryDirectory(prefix="pith-mirror-demo-") as data_dir:
         async with trio.open_nursery() as nursery:
-            group = _Federation(nursery, Path(data_dir))
+            group = LocalFederation(nursery, Path(data_dir), DEMO_GOSSIP)
             try:
                 ok = await _federate(console, group, published, count)
                 if keep_running and ok:
@@ -264,7 +175,7 @@ async def _run_federation(console: Console, published: bytes, count: int, keep_r
     return ok
 
 
-async def _federate(console: Console, group: _Federation, published: bytes, count: int) -> bool:
+async def _federate(console: Console, group: LocalFederation, published: bytes, count: int) -> bool:
     subject = f"pith:2017:{FIXTURE_SUBJECT_SUFFIX}"
     records = fixture_path("records.jsonl")
     config_a = group.config("A", [])
@@ -280,7 +191,7 @@ async def _federate(console: Console, group: _Federation, published: bytes, coun
 
     started = time.perf_counter()
     node_b = await group.start("B", group.config("B", [node_a.address]))
-    linked = await _wait_until(lambda: node_a.gossip.node_key in node_b.gossip.sessions, SETTLE_SECONDS)
+    linked = await wait_until(lambda: node_a.gossip.node_key in node_b.gossip.sessions, SETTLE_SECONDS)
 
     key = SigningKey.generate()
     hint_subject = _hint_subject(records)
@@ -303,7 +214,7 @@ async def _federate(console: Console, group: _Federation, published: bytes, coun
     return ok
 
 
-async def _fetch_published(console: Console, node: _DemoNode, published: bytes) -> bool:
+async def _fetch_published(console: Console, node: LocalNode, published: bytes) -> bool:
     url = f"{node.url}/pith/{FIXTURE_SUBJECT_SUFFIX}/state.json"
     async with httpx.AsyncClient(timeout=HTTP_SECONDS) as client:
         started = time.perf_counter()
@@ -318,7 +229,7 @@ async def _fetch_published(console: Console, node: _DemoNode, published: bytes) 
     return same
 
 
-async def _show_discovery(console: Console, group: _Federation, hint: dict[str, Any]) -> bool:
+async def _show_discovery(console: Console, group: LocalFederation, hint: dict[str, Any]) -> bool:
     """Print whether node C stores A's signed hint and has a direct session with A."""
     node_a, node_c = group.nodes[0], group.nodes[2]
     event_id, hint_subject = hint["event_id"], hint["subject_pith_number"]
@@ -331,7 +242,7 @@ async def _show_discovery(console: Console, group: _Federation, hint: dict[str, 
         from_hint = entry is not None and str(entry.source) == "hint"
         return has_hint() and from_hint and node_a.gossip.node_key in node_c.gossip.sessions
 
-    reached = await _wait_until(found, SETTLE_SECONDS)
+    reached = await wait_until(found, SETTLE_SECONDS)
     entry = node_c.gossip.table.entries.get(node_a.address)
     source = str(entry.source) if entry is not None else "none"
     console.print(
@@ -345,7 +256,7 @@ async def _show_discovery(console: Console, group: _Federation, hint: dict[str, 
     return reached and entry is not None
 
 
-async def _show_convergence(console: Console, group: _Federation, subject: str, expected: str | None, started: float, step: str) -> bool:
+async def _show_convergence(console: Console, group: LocalFederation, subject: str, expected: str | None, started: float, step: str) -> bool:
     """Wait until every node has the state_sha256 ``expected`` (or the last node's, when None), then print a table.
 
     Return whether all nodes reached one state_sha256 within ``CONVERGE_SECONDS``.
@@ -362,7 +273,7 @@ async def _show_convergence(console: Console, group: _Federation, subject: str, 
                 reached[node.name] = time.perf_counter() - started
         return len(reached) == len(group.nodes) and all(node.state_sha256(subject) == goal for node in group.nodes)
 
-    done = await _wait_until(converged, CONVERGE_SECONDS)
+    done = await wait_until(converged, CONVERGE_SECONDS)
     hashes = {node.state_sha256(subject) for node in group.nodes}
     console.print(f"[bold]{step}[/] state_sha256 of {subject} on each node (seconds since the step began):")
     console.print(f"   {'node':<4} {'fingerprint':<32} {'http URL':<24} {'state_sha256':<64} seconds")
@@ -373,7 +284,7 @@ async def _show_convergence(console: Console, group: _Federation, subject: str, 
     return done and len(hashes) == 1
 
 
-async def _check_served(console: Console, group: _Federation, published: bytes) -> bool:
+async def _check_served(console: Console, group: LocalFederation, published: bytes) -> bool:
     same = 0
     async with httpx.AsyncClient(timeout=HTTP_SECONDS) as client:
         for node in group.nodes:
@@ -383,7 +294,7 @@ async def _check_served(console: Console, group: _Federation, published: bytes) 
     return same == len(group.nodes)
 
 
-async def _push_event(console: Console, group: _Federation, key: SigningKey, subject: str, cited: str) -> bool:
+async def _push_event(console: Console, group: LocalFederation, key: SigningKey, subject: str, cited: str) -> bool:
     """POST a new citation signature to the last node and show every node merging it."""
     last = group.nodes[-1]
     event = _demo_event(key, "citation_signature", subject, {"cites_pith_number": cited, "context": "pith-mirror demo"})
