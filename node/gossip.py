@@ -5,10 +5,10 @@
 * it listens with ``trio.serve_tcp`` and dials peers from its ``PeerTable``
   with ``trio.open_tcp_stream``; each connection is one ``PeerSession``;
 * push: when the node stores new items (an HTTP POST, or items from a
-  peer), it announces their ids to ``push_fanout(N)`` random connected
-  peers. A peer requests (``want``) only ids it neither stores nor has
-  requested from another peer, so each item is normally delivered once per
-  node. A node requests one id at most ``MAX_DELIVERY_ATTEMPTS`` times while
+  peer), it announces their ids to every connected peer (or to
+  ``push_fanout`` random ones when that is set). A peer requests
+  (``want``) only ids it neither stores nor has requested from another
+  peer, so each item is normally delivered once per node. A node requests one id at most ``MAX_DELIVERY_ATTEMPTS`` times while
   the id is in the attempts cache;
 * pull: every ``anti_entropy_interval`` seconds it runs a reconciliation
   session (``node.sync``) with one random connected peer, and each side
@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import math
 import random
 import socket
 import time
@@ -64,7 +63,6 @@ __all__ = [
     "MAX_DELIVERY_ATTEMPTS",
     "NODE_KEY_FILENAME",
     "load_node_key",
-    "push_fanout",
 ]
 
 logger = logging.getLogger("pith_mirror.gossip")
@@ -110,8 +108,15 @@ class GossipSettings:
             for one write.
         peer_exchange_interval: seconds between peers messages to a peer.
         max_connected_peers: sessions kept at once, both directions.
+        target_outbound_peers: sessions this node dials and keeps. The
+            rest of ``max_connected_peers`` stays free for inbound
+            connections, so that nodes joining later find room.
         max_handshaking: inbound connections still in their handshake.
-        push_fanout_minimum: peers each new item is announced to, at least.
+        push_fanout: how many random connected peers each new item is
+            announced to; None announces to every connected peer. A node
+            misses a push only when every neighbour that stores the item
+            skips it, so a node with few connections among neighbours with
+            many is often missed by a small fanout, and pull must repair it.
         receive_bytes_per_second: bytes read from one peer per second.
         rate_window: seconds of one window for the flood limits below.
         max_announced_ids_per_window, max_wanted_ids_per_window,
@@ -137,8 +142,9 @@ class GossipSettings:
     ingest_max_linger: float = 10.0
     peer_exchange_interval: float = 300.0
     max_connected_peers: int = 32
+    target_outbound_peers: int = 8
     max_handshaking: int = 16
-    push_fanout_minimum: int = 3
+    push_fanout: int | None = None
     receive_bytes_per_second: int = 32 * 1024 * 1024
     rate_window: float = 10.0
     max_announced_ids_per_window: int = 100_000
@@ -147,23 +153,6 @@ class GossipSettings:
     max_peers_messages_per_window: int = 5
     advertise: str | None = None
     peer_limits: PeerLimits = field(default_factory=PeerLimits)
-
-
-def push_fanout(connected: int, network_size: int | None = None, minimum: int = 3) -> int:
-    """Return how many connected peers a new item is announced to.
-
-    For a network of N nodes (``network_size``, by default connected + 1),
-    ceil(log2 N) + 2 peers, at least ``minimum`` and at most every
-    connected peer. Each node that stores the item announces it once, so
-    the number of nodes that store it grows by a factor of about fanout + 1
-    per round. A node is missed only when every neighbour that announces
-    skips it, a chance of about exp(-fanout), which falls below 1/(4N) with
-    this fanout. Pull anti-entropy repairs a miss.
-    """
-    if connected <= 0:
-        return 0
-    size = max(network_size or 0, connected + 1)
-    return min(connected, max(minimum, math.ceil(math.log2(size)) + 2))
 
 
 def load_node_key(data_dir: Path) -> SigningKey:
@@ -377,7 +366,11 @@ class GossipNode:
     async def _dialer(self) -> None:
         while True:
             now = trio.current_time()
-            free = self.settings.max_connected_peers - len(self.sessions) - self._dialling
+            outbound = sum(1 for session in self.sessions.values() if session.initiated)
+            free = min(
+                self.settings.max_connected_peers - len(self.sessions),
+                self.settings.target_outbound_peers - outbound,
+            ) - self._dialling
             for entry in self.table.due(now, set(self.sessions), free):
                 self._dialling += 1
                 self.table.dialling(entry)
@@ -463,6 +456,9 @@ class GossipNode:
                 return "duplicate connection: this node keeps the connection opened by the node with the smaller key"
             existing.finish("replaced by a duplicate connection", lambda conn: conn.send_error("busy", "duplicate connection"))
         elif len(self.sessions) >= self.settings.max_connected_peers:
+            # A node whose only seed is full would otherwise never learn
+            # another address, so it gets this node's peers before the error.
+            self._send_peers(session)
             return f"peer limit reached ({self.settings.max_connected_peers} connected)"
 
         now = trio.current_time()
@@ -767,18 +763,17 @@ class GossipNode:
     # --- push ----------------------------------------------------------------
 
     def announce(self, ids: Sequence[bytes], exclude: PeerSession | None = None) -> None:
-        """Announce new item ids to ``push_fanout`` random connected peers other than ``exclude``."""
+        """Announce new item ids to the connected peers other than ``exclude`` (``push_fanout`` random ones when set)."""
         if not ids:
             return
         for item_id in ids:
             self._remember(self._seen, item_id, None)
         candidates = [session for session in self.sessions.values() if session is not exclude and session.ready]
-        # The peer table, stale entries included, estimates the network size.
-        network_size = max(len(self.sessions), len(self.table.entries)) + 1
-        count = min(len(candidates), push_fanout(len(self.sessions), network_size, self.settings.push_fanout_minimum))
-        for session in self.rng.sample(candidates, count):
+        if self.settings.push_fanout is not None and len(candidates) > self.settings.push_fanout:
+            candidates = self.rng.sample(candidates, self.settings.push_fanout)
+        for session in candidates:
             session.announce(ids)
-        self.counters["ids_announced"] += len(ids) * count
+        self.counters["ids_announced"] += len(ids) * len(candidates)
 
     def stored_locally(self, outcomes: list[SubmitOutcome]) -> None:
         """Announce what an HTTP submission stored (``MirrorService.stored_listeners`` hook)."""

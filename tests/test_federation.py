@@ -32,18 +32,21 @@ from harness.federation import (
 )
 from helpers import SUBJECT, signed_event
 from test_daemon import free_port
+from test_merge import C12_EQUAL_SHA256, C12_LATER_SHA256, c12_events, c12_scenario
 
 from bench.verify_merge import load_or_build_workload
 from node.cli import main as cli_main
 from node.demo import fixture_path
 from node.gossip import GossipSettings
 from node.gossip_store import GossipStore
+from node.peers import PeerSource
 from node.store import STORE_FILENAME, Store
 from protocol import (
     ItemsReceived,
     PeerAuthenticated,
     PeerClosed,
     PeerError,
+    PeersReceived,
     PongReceived,
     SigningKey,
     default_trust,
@@ -192,6 +195,39 @@ async def test_posted_event_reaches_all_nodes(tmp_path: Path, published_store: P
 
 
 @pytest.mark.trio
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [("equal_timestamp_both_orders", C12_EQUAL_SHA256), ("later_timestamp_wins", C12_LATER_SHA256)],
+)
+async def test_c12_orders_agree_then_sync_nothing(tmp_path: Path, published_store: Path, scenario: str, expected: str) -> None:
+    events = c12_events()
+    orders = c12_scenario(scenario)
+    async with federation(tmp_path) as group:
+        first = await group.start("first", store_file=published_store)
+        second = await group.start("second", store_file=published_store)
+        statuses = []
+        for node, names in ((first, orders["replica_1_receives"]), (second, orders["replica_2_receives"])):
+            for name in names:
+                statuses.append((await post_event(node, events[name])).status_code)
+        hashes = (first.state_sha256(), second.state_sha256())
+
+        # Only now do the replicas meet; their reconciliation must find no difference.
+        second.gossip.table.add_candidate(first.address, PeerSource.SEED, trio.current_time())
+        second.gossip.wake_dialer()
+        await wait_for(
+            lambda: first.gossip.recent_reconciliations and second.gossip.recent_reconciliations, SETTLE_SECONDS, "both sides end a reconciliation"
+        )
+        results = [node.gossip.recent_reconciliations[0] for node in (first, second)]
+        received = [node.gossip.counters["items_received"] for node in (first, second)]
+
+    assert statuses == [200] * len(statuses)
+    assert hashes == (expected, expected)
+    assert [(result["have"], result["need"]) for result in results] == [(0, 0), (0, 0)]
+    assert [result["outcome"] for result in results] == ["done", "done"]
+    assert received == [0, 0]
+
+
+@pytest.mark.trio
 async def test_hint_leads_to_connection(tmp_path: Path, published_store: Path) -> None:
     async with federation(tmp_path) as group:
         target = await group.start("target")
@@ -229,6 +265,40 @@ async def test_forbidden_hint_not_dialled(tmp_path: Path, published_store: Path,
     assert "169.254.169.254:9090" not in table
     assert finder.dialled == []
     assert finder.resolved == []
+
+
+@pytest.mark.trio
+async def test_full_node_hands_over_peers(tmp_path: Path) -> None:
+    settings = GossipSettings(**{**FAST.__dict__, "max_connected_peers": 1})
+    async with federation(tmp_path) as group:
+        full = await group.start("full", settings=settings)
+        first = await group.start("first", peers=(full.address,))
+        await wait_for(lambda: len(full.gossip.sessions) == 1, SETTLE_SECONDS, "the first peer connects")
+        peer = await RawPeer.open(full.address, "late-peer")
+        events = await peer.handshake()
+        events += await peer.events_until(ended)
+        await peer.close()
+
+    handed = [event.addresses for event in events if isinstance(event, PeersReceived)]
+    errors = [(event.code, event.reason) for event in events if isinstance(event, PeerError)]
+    assert handed == [(first.address,)]
+    assert errors == [("busy", "peer limit reached (1 connected)")]
+
+
+@pytest.mark.trio
+async def test_dialer_stops_at_outbound_target(tmp_path: Path) -> None:
+    settings = GossipSettings(**{**FAST.__dict__, "target_outbound_peers": 2})
+    async with federation(tmp_path) as group:
+        targets = [await group.start(f"target{number}") for number in range(4)]
+        dialler = await group.start("dialler", peers=tuple(target.address for target in targets), settings=settings)
+        await wait_for(lambda: len(dialler.gossip.sessions) == 2, SETTLE_SECONDS, "two dialled sessions are ready")
+        # Several dial intervals pass; the dialler must not open a third.
+        await trio.sleep(FAST.dial_interval * 10)
+        sessions = len(dialler.gossip.sessions)
+        dials = dialler.gossip.counters["dials"]
+
+    assert sessions == 2
+    assert dials == 2
 
 
 @pytest.mark.trio

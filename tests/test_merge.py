@@ -554,7 +554,7 @@ C12_EQUAL_SHA256 = "05ea6ce4dfb266b326e54ac8ace223fd6ee7b4c303d9903f2ac2fb08cd9d
 C12_LATER_SHA256 = "cab386b4807f96f4e2f3f9e505ba75291ebc8ec3f475e5ab3a953566086583d5"
 
 
-def _c12_events() -> dict[str, dict[str, Any]]:
+def c12_events() -> dict[str, dict[str, Any]]:
     case = load_case("C12")
     events = {}
     for name, vector in case["events"].items():
@@ -564,7 +564,7 @@ def _c12_events() -> dict[str, dict[str, Any]]:
     return events
 
 
-def _c12_scenario(name: str) -> dict[str, Any]:
+def c12_scenario(name: str) -> dict[str, Any]:
     return next(scenario for scenario in load_case("C12")["scenarios"] if scenario["name"] == name)
 
 
@@ -575,8 +575,8 @@ def test_c12_equal_timestamps_equivocate() -> None:
     tie is an equivocation: both orders give one state, with no mirror hint
     in ``current`` and A and B listed as proof in ``equivocations``.
     """
-    events = _c12_events()
-    scenario = _c12_scenario("equal_timestamp_both_orders")
+    events = c12_events()
+    scenario = c12_scenario("equal_timestamp_both_orders")
 
     first = _merge(*[events[name] for name in scenario["replica_1_receives"]])
     second = _merge(*[events[name] for name in scenario["replica_2_receives"]])
@@ -600,8 +600,8 @@ def test_c12_equal_timestamps_equivocate() -> None:
 
 
 def test_c12_later_timestamp_wins() -> None:
-    events = _c12_events()
-    scenario = _c12_scenario("later_timestamp_wins")
+    events = c12_events()
+    scenario = c12_scenario("later_timestamp_wins")
 
     first = _merge(*[events[name] for name in scenario["replica_1_receives"]])
     second = _merge(*[events[name] for name in scenario["replica_2_receives"]])
@@ -618,7 +618,7 @@ def test_c12_later_timestamp_wins() -> None:
 
 @pytest.mark.parametrize("name", ["A", "B", "C_later"])
 def test_c12_events_resigned_valid(name: str) -> None:
-    event = validate_event(_c12_events()[name], SUBJECT, default_trust())
+    event = validate_event(c12_events()[name], SUBJECT, default_trust())
     assert event.signer["public_key_hex"] == load_case("C12")["events"][name]["pubkey"]
     assert event.slot == "primary"
 
