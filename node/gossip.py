@@ -548,11 +548,22 @@ class GossipNode:
         key = session.node_key if session.ready else None
         ban = self.table.penalize(key, session.remote_host, penalty, f"{reason} (from {session.remote})", now, times)
         self.metrics.penalties.labels(kind=penalty.name.lower()).inc(times)
-        if ban is not None:
-            self.counters["bans"] += 1
-            self.metrics.bans.inc()
-            message = f"banned for {ban.until - now:.0f} s: {reason}"
-            session.finish(message, lambda conn: conn.send_error("busy", message), failed=True)
+        if ban is None:
+            return
+        self._count_ban()
+        if key is not None:
+            # A new node key costs nothing, so a host that made one per ban
+            # would never be stopped: each key ban also scores the host as a
+            # protocol violation, and three key bans from one host ban it.
+            host_reason = f"key {session.fingerprint} was banned: {reason} (from {session.remote})"
+            if self.table.penalize(None, session.remote_host, Penalty.PROTOCOL_VIOLATION, host_reason, now) is not None:
+                self._count_ban()
+        message = f"banned for {ban.until - now:.0f} s: {reason}"
+        session.finish(message, lambda conn: conn.send_error("busy", message), failed=True)
+
+    def _count_ban(self) -> None:
+        self.counters["bans"] += 1
+        self.metrics.bans.inc()
 
     def peers_received(self, session: PeerSession, addresses: Iterable[str]) -> None:
         """Add the addresses a peer sent to the table, each checked by the dial policy."""

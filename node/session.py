@@ -87,6 +87,11 @@ MAX_QUEUED_WANTS = 16
 ITEMS_FRAME_BUDGET = 768 * 1024
 # Ids remembered per peer as held by it, so they are not announced to it.
 PEER_HAS_ENTRIES = 16_384
+# Announced ids queued for requests to one peer. Announcements beyond this
+# are dropped, because a peer that announces faster than it replies to want
+# requests would otherwise fill memory until its want timeout.
+# Reconciliation later finds what was dropped; its own ids are not capped.
+MAX_ANNOUNCED_QUEUE_IDS = 16_384
 
 
 @dataclass
@@ -141,6 +146,8 @@ class PeerSession:
         self.items_received = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        # Announced ids not queued because MAX_ANNOUNCED_QUEUE_IDS were queued.
+        self.announcements_dropped = 0
         self.reconcile = Reconciliations(self)
 
         self._cancel_scope = trio.CancelScope()
@@ -463,6 +470,9 @@ class PeerSession:
         if not self.count("announced ids", len(ids), self.node.settings.max_announced_ids_per_window):
             return
         self._remember_peer_has(ids)
+        if self._fetch_queued + len(ids) > MAX_ANNOUNCED_QUEUE_IDS:
+            self.announcements_dropped += len(ids)
+            return
         self.queue_fetch(ids)
 
     def queue_fetch(self, ids: Sequence[bytes]) -> None:
