@@ -538,7 +538,7 @@ async def test_reconciliation_lie_costs_requests_only(tmp_path: Path, published_
         peer = await HostilePeer.open(node.address, "liar")
         await peer.handshake()
         ours = await peer.lie_in_reconciliation(fake)
-        requested = await peer.answer_wants_empty(2.0)
+        requested = await peer.answer_wants_empty(SETTLE_SECONDS, expected=len(fake))
         await peer.close()
         counters = dict(node.gossip.counters)
         stats = node.service.store.stats()
@@ -747,6 +747,7 @@ async def test_c14_same_event_from_20_peers(tmp_path: Path, published_store: Pat
 # --- benchmark smoke ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hostile_bench_smoke() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.hostile_bench", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False

@@ -326,8 +326,11 @@ class HostilePeer:
             served.events = await self.read_until(complete, seconds + 1, on_event)
         return served
 
-    async def answer_wants_empty(self, seconds: float) -> list[bytes]:
-        """For ``seconds``, answer every want with an empty items reply; return the ids requested."""
+    async def answer_wants_empty(self, seconds: float, expected: int | None = None) -> list[bytes]:
+        """Reply to every want with an empty items message for ``seconds``, or until ``expected`` distinct ids were requested.
+
+        Returns the ids requested.
+        """
         requested: list[bytes] = []
 
         async def on_event(event: ConnectionEvent) -> None:
@@ -335,8 +338,11 @@ class HostilePeer:
                 requested.extend(event.ids)
                 await self.send(self.conn.send_items([], False))
 
+        def complete(_: ConnectionEvent) -> bool:
+            return expected is not None and len(set(requested)) >= expected
+
         with trio.move_on_after(seconds):
-            await self.read_until(lambda event: False, seconds + 1, on_event)
+            await self.read_until(complete, seconds + 1, on_event)
         return requested
 
     # --- reconciliation attacks ------------------------------------------------
