@@ -5,7 +5,7 @@ hello, auth and well-formed messages are exactly what an honest node would
 send, and it writes raw frames beside that for everything a Connection
 refuses to build. Each attack is one method. Every method returns the
 events the honest node sent back, so that a caller can assert the node's
-answer (an ``error`` frame with its code, a closed stream, a want request).
+reply (an ``error`` frame with its code, a closed stream, a want request).
 
 Every read is bounded by ``trio.fail_after`` and every loop by a count, and
 the peer only ever connects to the address it is given. Tests pass
