@@ -137,6 +137,7 @@ except ImportError:  # Windows has no flock.
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "RESOLVE_ALIAS_QUERY",
     "SCHEMA_VERSION",
     "STORE_FILENAME",
     "Activity",
@@ -370,6 +371,16 @@ def default_data_dir() -> Path:
     if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
         return Path(os.environ["LOCALAPPDATA"]) / "pith-mirror"
     return Path.home() / ".local" / "share" / "pith-mirror"
+
+
+# Records with an alias of a given value. The NOT LIKE term is the WHERE
+# clause of the partial index aliases_by_lookup_key, spelled alike so that
+# SQLite uses the index.
+RESOLVE_ALIAS_QUERY = (
+    "SELECT a.kind, r.proven, r.source_version, r.pith_number FROM aliases AS a "
+    "JOIN records AS r ON r.pith_number = a.pith_number "
+    "WHERE a.lookup_key = ? AND a.kind NOT LIKE 'pith\\_short\\_%' ESCAPE '\\' LIMIT ?"
+)
 
 
 def served_bytes(state: dict[str, Any]) -> bytes:
@@ -1674,12 +1685,7 @@ class Store:
                 if lowered.startswith(prefix):
                     lowered = lowered[len(prefix) :]
                     break
-            rows = conn.execute(
-                "SELECT a.kind, r.proven, r.source_version, r.pith_number FROM aliases AS a "
-                "JOIN records AS r ON r.pith_number = a.pith_number "
-                "WHERE a.lookup_key = ? AND a.kind NOT LIKE 'pith\\_short\\_%' ESCAPE '\\' LIMIT ?",
-                (lowered, MAX_RESOLVE_CANDIDATES * 4),
-            ).fetchall()
+            rows = conn.execute(RESOLVE_ALIAS_QUERY, (lowered, MAX_RESOLVE_CANDIDATES * 4)).fetchall()
             # A record published without aliases is still found by its own
             # source identifier, with the same ranking as the arxiv alias.
             source_id, requested_version = _arxiv_lookup(lowered)

@@ -22,7 +22,7 @@ import pytest
 
 from node.demo import fixture_path
 from node.migrations import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from node.store import Status, Store, StoreError, StoreLimits, default_data_dir
+from node.store import RESOLVE_ALIAS_QUERY, Status, Store, StoreError, StoreLimits, default_data_dir
 from protocol import (
     MAX_FUTURE_SKEW_SECONDS,
     SigningKey,
@@ -547,7 +547,7 @@ def test_migrate_v1_keeps_data(tmp_path: Path) -> None:
         conn.execute("DELETE FROM counters WHERE name = 'rejections_total'")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with Store(tmp_path) as migrated:
-        assert migrated.stats().schema_version == 3
+        assert migrated.stats().schema_version == SCHEMA_VERSION
         assert migrated.stats().rejections_total == 0
         assert migrated.get_state_sha256(PUBLISHED_SUBJECT) == PUBLISHED_STATE_SHA256
 
@@ -559,11 +559,40 @@ def test_migrate_v2_adds_source_index(tmp_path: Path) -> None:
         conn.execute("DROP INDEX records_by_source")
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with Store(tmp_path) as migrated:
-        assert migrated.stats().schema_version == 3
+        assert migrated.stats().schema_version == SCHEMA_VERSION
         assert migrated.resolve("1711.00489v2") == PUBLISHED_SUBJECT
     with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
         names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")]
     assert "records_by_source" in names
+
+
+def test_migrate_v3_indexes_fewer_aliases(tmp_path: Path) -> None:
+    with Store(tmp_path) as opened:
+        opened.add_state(published_state(), "fixture", NOW)
+    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
+        conn.execute("DROP INDEX aliases_by_lookup_key")
+        conn.execute("CREATE INDEX aliases_by_lookup_key ON aliases (lookup_key, kind)")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    with Store(tmp_path) as migrated:
+        version = migrated.stats().schema_version
+        found = migrated.resolve("1711.00489v2")
+    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
+        indexed = conn.execute("SELECT count(*) FROM aliases INDEXED BY aliases_by_lookup_key WHERE kind NOT LIKE 'pith\\_short\\_%' ESCAPE '\\'").fetchone()[0]
+        stored = conn.execute("SELECT count(*) FROM aliases").fetchone()[0]
+
+    assert version == 4
+    assert found == PUBLISHED_SUBJECT
+    # The published record has six aliases; the three short forms are not indexed.
+    assert (indexed, stored) == (3, 6)
+
+
+def test_alias_lookup_uses_partial_index(tmp_path: Path) -> None:
+    with Store(tmp_path) as opened:
+        opened.add_state(published_state(), "fixture", NOW)
+        with opened.snapshot() as conn:
+            plan = conn.execute(f"EXPLAIN QUERY PLAN {RESOLVE_ALIAS_QUERY}", ("10.48550/arxiv.1711.00489", 4)).fetchall()
+
+    assert "USING COVERING INDEX aliases_by_lookup_key (lookup_key=?)" in plan[0][3]
 
 
 def test_trust_change_recomputes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
