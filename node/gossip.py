@@ -112,6 +112,9 @@ class GossipSettings:
             rest of ``max_connected_peers`` stays free for inbound
             connections, so that nodes joining later find room.
         max_handshaking: inbound connections still in their handshake.
+        max_handshaking_per_host: inbound connections from one address
+            still in their handshake, so that one slow host cannot take
+            every handshake slot.
         push_fanout: how many random connected peers each new item is
             announced to; None announces to every connected peer. A node
             misses a push only when every neighbour that stores the item
@@ -144,6 +147,7 @@ class GossipSettings:
     max_connected_peers: int = 32
     target_outbound_peers: int = 8
     max_handshaking: int = 16
+    max_handshaking_per_host: int = 4
     push_fanout: int | None = None
     receive_bytes_per_second: int = 32 * 1024 * 1024
     rate_window: float = 10.0
@@ -350,11 +354,8 @@ class GossipNode:
         host, port = str(peer[0]), int(peer[1])
         remote = format_host_port(host, port)
         now = trio.current_time()
-        ban = self.table.banned(None, host, now)
-        if self._stopping or ban is not None or len(self.handshaking) >= self.settings.max_handshaking:
-            reason = "the node is stopping" if self._stopping else (
-                f"host is banned for {ban.until - now:.0f} s more: {ban.reason}" if ban else "too many connections in their handshake"
-            )
+        reason = self._inbound_rejection(host, now)
+        if reason is not None:
             self.hostile_log.log(logging.INFO, "rejected connection from %s: %s", remote, reason)
             await trio.aclose_forcefully(stream)
             return
@@ -362,6 +363,20 @@ class GossipNode:
         session = PeerSession(self, stream, Role.RESPONDER, remote, host, None)
         self.handshaking.add(session)
         await session.run()
+
+    def _inbound_rejection(self, host: str, now: float) -> str | None:
+        """Return why an inbound connection from ``host`` is closed before its handshake, or None."""
+        if self._stopping:
+            return "the node is stopping"
+        ban = self.table.banned(None, host, now)
+        if ban is not None:
+            return f"host is banned for {ban.until - now:.0f} s more: {ban.reason}"
+        if len(self.handshaking) >= self.settings.max_handshaking:
+            return f"too many connections in their handshake ({self.settings.max_handshaking})"
+        from_host = sum(1 for session in self.handshaking if not session.initiated and session.remote_host == host)
+        if from_host >= self.settings.max_handshaking_per_host:
+            return f"too many connections from this host in their handshake ({self.settings.max_handshaking_per_host})"
+        return None
 
     async def _dialer(self) -> None:
         while True:

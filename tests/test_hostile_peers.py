@@ -380,25 +380,35 @@ async def test_trickled_handshake_times_out(tmp_path: Path) -> None:
 
 @pytest.mark.trio
 async def test_trickling_host_banned(tmp_path: Path) -> None:
-    # 16 connections fill the handshake slots; 21 timeouts of 5 points each
-    # take the host below -100.
+    # One host holds at most 4 handshake slots at once; 21 timeouts of 5
+    # points each take it below -100. Waves of 8 connections run until then.
     settings = GossipSettings(**{**FAST.__dict__, "handshake_timeout": 0.3})
     async with federation(tmp_path) as group:
         node = await group.start("node", settings=settings)
         peers: list[HostilePeer] = []
-        full_while_trickling = False
+        most_handshaking = 0
 
         async def trickle(number: int) -> None:
             peer = await HostilePeer.open(node.address, f"trickler-{number}", local_host="127.66.0.3")
             peers.append(peer)
             await peer.trickle_hello(0.05)
 
-        for wave in range(2):
-            async with trio.open_nursery() as nursery:
-                for number in range(16):
-                    nursery.start_soon(trickle, wave * 16 + number)
-                await wait_for(lambda: len(node.gossip.handshaking) == 16 or bool(node.gossip.table.bans(trio.current_time())), SETTLE_SECONDS, "handshake slots fill")
-                full_while_trickling = full_while_trickling or len(node.gossip.handshaking) == 16
+        async def watch() -> None:
+            nonlocal most_handshaking
+            while True:
+                most_handshaking = max(most_handshaking, len(node.gossip.handshaking))
+                await trio.sleep(0.01)
+
+        with trio.fail_after(SETTLE_SECONDS):
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(watch)
+                for wave in range(12):
+                    if "host:127.66.0.3" in ban_reasons(node):
+                        break
+                    async with trio.open_nursery() as nursery:
+                        for number in range(8):
+                            nursery.start_soon(trickle, wave * 8 + number)
+                watcher.cancel_scope.cancel()
         for peer in peers:
             await peer.close()
         bans = ban_reasons(node)
@@ -409,11 +419,32 @@ async def test_trickling_host_banned(tmp_path: Path) -> None:
         honest_final = await honest.handshake()
         await honest.close()
 
-    assert full_while_trickling is True
+    assert most_handshaking == 4
     assert "host:127.66.0.3" in bans
     assert bans["host:127.66.0.3"] == "handshake timed out (from " + bans["host:127.66.0.3"].split("(from ")[1]
     assert [type(event).__name__ for event in refused_events] == ["PeerClosed"]
     assert isinstance(honest_final, PeerAuthenticated)
+
+
+@pytest.mark.trio
+async def test_slow_host_leaves_slots_free(tmp_path: Path) -> None:
+    settings = GossipSettings(**{**FAST.__dict__, "handshake_timeout": 5.0})
+    async with federation(tmp_path) as group:
+        node = await group.start("node", settings=settings)
+        slow = [await HostilePeer.open(node.address, f"slow-{number}", local_host="127.66.0.4") for number in range(6)]
+        await wait_for(lambda: len(node.gossip.handshaking) == 4, SETTLE_SECONDS, "four slow handshakes are held")
+        # Opened while the slow host holds its 4 slots: another host still gets in.
+        honest = await HostilePeer.open(node.address, "honest-beside-slow", local_host="127.66.0.5")
+        honest_final = await honest.handshake()
+        await honest.close()
+        held = len([session for session in node.gossip.handshaking if session.remote_host == "127.66.0.4"])
+        closed = [await peer.until_closed(1.0) for peer in slow[4:]]
+        for peer in slow:
+            await peer.close()
+
+    assert held == 4
+    assert isinstance(honest_final, PeerAuthenticated)
+    assert [[type(event).__name__ for event in events] for events in closed] == [["PeerClosed"], ["PeerClosed"]]
 
 
 # --- floods --------------------------------------------------------------------
