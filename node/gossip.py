@@ -44,6 +44,7 @@ import trio
 from prometheus_client import Counter, Gauge
 
 from protocol import HandshakeFailed, MergeProfile, PeerError, Role, SigningKey
+from protocol.reconcile import DEFAULT_FRAME_BUDGET
 
 from .config import Config
 from .dialpolicy import split_host_port
@@ -115,6 +116,15 @@ class GossipSettings:
         max_handshaking_per_host: inbound connections from one address
             still in their handshake, so that one slow host cannot take
             every handshake slot.
+        reconcile_frame_budget: the largest reconciliation payload this
+            node sends, in bytes; larger differences take more round trips.
+        reconcile_need_limit: ids a reconciliation session may find
+            missing here before this node ends it, to fetch them and
+            reconcile the rest in a later session.
+        max_fetch_backlog: ids queued for requests over all peers; ids
+            found beyond it are left to a later session. With the limit
+            above it bounds the memory that reconciliation can make a node
+            spend on missing ids, about 70 bytes each.
         push_fanout: how many random connected peers each new item is
             announced to; None announces to every connected peer. A node
             misses a push only when every neighbour that stores the item
@@ -149,6 +159,9 @@ class GossipSettings:
     max_handshaking: int = 16
     max_handshaking_per_host: int = 4
     push_fanout: int | None = None
+    reconcile_frame_budget: int = DEFAULT_FRAME_BUDGET
+    reconcile_need_limit: int = 262_144
+    max_fetch_backlog: int = 1_048_576
     receive_bytes_per_second: int = 32 * 1024 * 1024
     rate_window: float = 10.0
     max_announced_ids_per_window: int = 100_000
@@ -785,6 +798,11 @@ class GossipNode:
         self.metrics.items_received.labels(outcome="accepted").inc(accepted)
         self.metrics.items_received.labels(outcome="rejected").inc(rejected)
         self.metrics.items_received.labels(outcome="duplicate").inc(max(0, received - accepted - rejected))
+
+    def fetch_room(self) -> int:
+        """Return how many more ids may be queued for requests before the fetch backlog is full."""
+        queued = sum(session.fetch_backlog for session in self.sessions.values())
+        return max(0, self.settings.max_fetch_backlog - queued)
 
     # --- push ----------------------------------------------------------------
 

@@ -531,6 +531,11 @@ class PeerSession:
             self._outstanding.append(_Want(set(requested), trio.current_time()))
 
     @property
+    def fetch_backlog(self) -> int:
+        """Ids queued for requests to this peer and not yet requested."""
+        return self._fetch_queued
+
+    @property
     def fetching(self) -> bool:
         """Whether ids are queued, requested or received but not yet stored from this peer."""
         return bool(self._fetch_queued or self._outstanding or self.claimed)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -107,7 +107,7 @@ class Reconciliations:
         if not session.conn.ready:
             return None
         key = session.conn.reconcile_key(number)
-        reconciler = await session.node.in_thread(Reconciler, snapshot.ids, key)
+        reconciler = await session.node.in_thread(self._reconciler, snapshot.ids, key)
         if self._ours is not None or not session.conn.ready:
             return None
         active = _Active(number, reconciler, True, len(snapshot.ids))
@@ -168,7 +168,7 @@ class Reconciliations:
             active.next_round = event.round + 2
             session.send_control(lambda conn: conn.send_reconcile(active.number, round_number, reply))
         if active.reconciler.state is SessionState.DONE:
-            active.outcome = "done"
+            active.outcome = "stopped early: need limit" if active.reconciler.stopped_early else "done"
             active.finished.set()
             self._drop(active)
             if not active.initiator:
@@ -177,13 +177,17 @@ class Reconciliations:
     async def _start_responder(self, number: int) -> _Active:
         snapshot = await self.session.node.snapshot()
         key = self.session.conn.reconcile_key(number)
-        reconciler = await self.session.node.in_thread(Reconciler, snapshot.ids, key)
+        reconciler = await self.session.node.in_thread(self._reconciler, snapshot.ids, key)
         if self._theirs is not None:
             self._theirs.outcome = "replaced by a newer session"
             self._finish(self._theirs)
         active = _Active(number, reconciler, False, len(snapshot.ids))
         self._theirs = active
         return active
+
+    def _reconciler(self, ids: Any, key: bytes) -> Reconciler:
+        settings = self.session.node.settings
+        return Reconciler(ids, key, frame_budget=settings.reconcile_frame_budget, need_limit=settings.reconcile_need_limit)
 
     def _drop(self, active: _Active) -> None:
         if self._theirs is active:
@@ -210,9 +214,13 @@ class Reconciliations:
         self.session.node.record_reconciliation(self.session, result)
         if need:
             # Ids found before a timeout or failure are real differences
-            # too, so they are fetched whatever the outcome.
-            # NOTE: the queued ids stay in memory, about 70 bytes each, so a
-            # peer that reports up to max_peer_ids (2**24) ids this side
-            # lacks can make it hold about 1 GiB until the requests finish.
-            self.session.queue_fetch(sorted(need))
+            # too, so they are fetched whatever the outcome. Ids beyond the
+            # node's fetch backlog are left to a later session.
+            room = self.session.node.fetch_room()
+            if room < len(need):
+                logger.info(
+                    "queued %d of %d ids found in reconciliation %d with %s; the fetch backlog is full and a later session finds the rest",
+                    room, len(need), active.number, self.session.describe(),
+                )
+            self.session.queue_fetch(sorted(need)[:room])
         return result

@@ -540,6 +540,11 @@ class Reconciler:
             fit are carried over to later round trips.
         max_peer_ids: the maximum number of ids the peer may report that
             this side lacks. It also sizes the round limit (``round_limit``).
+        need_limit: when set, this side ends the session with a final
+            message as soon as it has learned at least this many ids it
+            lacks (``stopped_early`` is then true), so that it can fetch
+            them before it reconciles the rest in a later session. One
+            message can overshoot the limit by what fits in a frame.
 
     Raises:
         UsageError: a wrong key size, a budget out of range, or a storage
@@ -553,6 +558,7 @@ class Reconciler:
         *,
         frame_budget: int = DEFAULT_FRAME_BUDGET,
         max_peer_ids: int = DEFAULT_MAX_PEER_IDS,
+        need_limit: int | None = None,
     ) -> None:
         if type(session_key) is not bytes or len(session_key) != SESSION_KEY_SIZE:
             raise UsageError(f"session_key must be {SESSION_KEY_SIZE} bytes")
@@ -560,6 +566,8 @@ class Reconciler:
             raise UsageError(f"frame_budget must be {MIN_FRAME_BUDGET} to {MAX_MESSAGE_BYTES} bytes, got {frame_budget}")
         if max_peer_ids < 0:
             raise UsageError(f"max_peer_ids must not be negative, got {max_peer_ids}")
+        if need_limit is not None and need_limit < 1:
+            raise UsageError(f"need_limit must be at least 1, got {need_limit}")
 
         self._storage = storage
         self._count = len(storage)
@@ -569,6 +577,8 @@ class Reconciler:
         # the ranges a full message had no room to reply to.
         self._reserve = max(frame_budget // 8, _MIN_CONTINUATION_RESERVE)
         self._max_peer_ids = max_peer_ids
+        self._need_limit = need_limit
+        self._stopped_early = False
         self._max_rounds = round_limit(self._count, frame_budget, max_peer_ids)
 
         self._state = SessionState.NEW
@@ -607,6 +617,11 @@ class Reconciler:
     def need_ids(self) -> frozenset[bytes]:
         """Ids the peer has and this side lacks."""
         return frozenset(self._need)
+
+    @property
+    def stopped_early(self) -> bool:
+        """True when this side ended the session at ``need_limit``, before every range was reconciled."""
+        return self._stopped_early
 
     @property
     def max_rounds(self) -> int:
@@ -710,6 +725,10 @@ class Reconciler:
         if reply is None:
             self._advance(_Event.RECEIVED_FINAL)
             return None
+        if self._need_limit is not None and len(self._need) >= self._need_limit:
+            # A final message: one skip over the whole id space.
+            self._stopped_early = True
+            reply = [Range(_ZERO_BOUND, _INFINITY, Mode.SKIP)]
         return self._send(reply)
 
     def _build_reply(self, ranges: list[Range], have: set[bytes], need: set[bytes]) -> list[Range]:

@@ -153,6 +153,27 @@ async def test_eight_nodes_converge_on_10k_events(tmp_path: Path, ten_thousand: 
         assert all(host.startswith("127.") for host, _ in node.dialled)
 
 
+@pytest.mark.slow
+@pytest.mark.trio
+async def test_need_limit_syncs_in_several_sessions(tmp_path: Path, ten_thousand: TenThousand) -> None:
+    # The empty node may learn only 1,000 missing ids per session, and the
+    # half it copies has 5,200 items, so it needs at least 6 sessions.
+    settings = GossipSettings(
+        **{**FAST.__dict__, "anti_entropy_interval": 0.5, "reconcile_frame_budget": 8192, "reconcile_need_limit": 1_000, "ingest_linger": 0.25}
+    )
+    async with federation(tmp_path) as group:
+        source = await group.start("source", store_file=ten_thousand.halves[0], settings=settings)
+        empty = await group.start("empty", peers=(source.address,), settings=settings)
+        await wait_for(lambda: empty.service.store.stats().events == 5_050, CONVERGE_SECONDS, "the empty node holds 5,050 events", every=0.5)
+        await wait_for(lambda: len(empty.all_states()) == 150, SETTLE_SECONDS, "the empty node holds 150 states")
+        states = empty.all_states()
+        outcomes = [result["outcome"] for result in empty.gossip.recent_reconciliations]
+
+    assert states == {number: sha for number, sha in ten_thousand.expected.items() if number in states}
+    assert outcomes.count("stopped early: need limit") >= 5
+    assert empty.gossip.counters["items_accepted"] == 5_200
+
+
 # --- push --------------------------------------------------------------------
 
 

@@ -63,9 +63,12 @@ def sync(
     initiator_key: bytes = KEY,
     responder_key: bytes = KEY,
     max_messages: int = 10_000,
+    need_limit: int | None = None,
 ) -> tuple[Reconciler, Reconciler, list[bytes]]:
-    """Run one session to its end and return both sides and every payload in order."""
-    initiator = Reconciler(SortedIds(initiator_ids), initiator_key, frame_budget=frame_budget, max_peer_ids=max_peer_ids)
+    """Run one session to its end and return both sides and every payload in order; ``need_limit`` applies to the initiator."""
+    initiator = Reconciler(
+        SortedIds(initiator_ids), initiator_key, frame_budget=frame_budget, max_peer_ids=max_peer_ids, need_limit=need_limit
+    )
     responder = Reconciler(SortedIds(responder_ids), responder_key, frame_budget=frame_budget, max_peer_ids=max_peer_ids)
     payloads = [initiator.initiate()]
     receivers = (responder, initiator)
@@ -145,6 +148,36 @@ def test_disjoint_sets_small_budget() -> None:
     initiator, responder, payloads = sync(a, b, frame_budget=MIN_FRAME_BUDGET)
     assert_exact(initiator, responder, a, b)
     assert max(len(payload) for payload in payloads) <= MIN_FRAME_BUDGET
+
+
+def test_need_limit_stops_session_early() -> None:
+    b = set(make_ids(range(20_000)))
+    initiator, responder, payloads = sync([], b, frame_budget=MIN_FRAME_BUDGET, need_limit=1_000)
+    assert initiator.stopped_early is True
+    assert initiator.done is True
+    assert responder.done is True
+    assert initiator.need_ids <= b
+    # One message of at most MIN_FRAME_BUDGET bytes may overshoot the limit.
+    assert 1_000 <= len(initiator.need_ids) < 1_000 + MIN_FRAME_BUDGET // 32
+    assert decode_message(payloads[-1]) == [Range(ZERO, INFINITY, Mode.SKIP)]
+
+
+def test_need_limit_sessions_converge() -> None:
+    # Each session fetches what it learned; repeated sessions finish the job.
+    a: set[bytes] = set()
+    b = set(make_ids(range(5_000)))
+    sessions = 0
+    while a != b:
+        assert sessions < 20
+        initiator, _, _ = sync(a, b, frame_budget=MIN_FRAME_BUDGET, need_limit=1_000)
+        a |= initiator.need_ids
+        sessions += 1
+    assert sessions == 5
+
+
+def test_need_limit_must_be_positive() -> None:
+    with pytest.raises(UsageError, match="need_limit must be at least 1, got 0"):
+        Reconciler(SortedIds([]), KEY, need_limit=0)
 
 
 def test_identical_large_sets_one_round_trip() -> None:
