@@ -272,7 +272,7 @@ class GossipNode:
         self.profile = MergeProfile.from_trust(service.trust)
         self.rng = rng or random.Random()
         self.policy = config.dial_policy()
-        self.table = PeerTable(self.policy, self.settings.peer_limits, self.rng)
+        self.table = PeerTable(self.policy, self.settings.peer_limits, self.rng, known_redial_max=self.settings.anti_entropy_interval)
         self.store = GossipStore(service.store, service.trust)
         self.threads = trio.CapacityLimiter(GOSSIP_THREADS)
         self.connect: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream

@@ -99,6 +99,8 @@ class PeerLimits:
         recovery_per_hour: points a negative score regains per hour.
         max_scores: keys and hosts whose scores are kept; the oldest
             unbanned ones are dropped first.
+        known_window: seconds after its last session during which an
+            address keeps the short redial delay of ``PeerTable.known_redial_max``.
     """
 
     max_known: int = 1_000
@@ -110,6 +112,7 @@ class PeerLimits:
     ban_seconds: float = 3600.0
     recovery_per_hour: float = 50.0
     max_scores: int = 4_096
+    known_window: float = 24 * 3600.0
 
 
 @dataclass
@@ -180,6 +183,10 @@ class PeerTable:
     entries: dict[str, PeerEntry] = field(default_factory=dict)
     # Our own gossip addresses, never dialled.
     own_addresses: set[str] = field(default_factory=set)
+    # The longest redial delay of an address that had a session within
+    # limits.known_window; the gossip node sets its anti-entropy interval,
+    # so that a partition that heals costs at most about one interval.
+    known_redial_max: float | None = None
     _scores: OrderedDict[str, _Score] = field(default_factory=OrderedDict)
     # Rejected addresses come from untrusted input, so their log lines are
     # rate limited, per table.
@@ -297,10 +304,15 @@ class PeerTable:
             delay: a fixed delay, such as ``limits.mismatch_backoff``;
                 otherwise exponential backoff applies.
         """
+        if entry.state is PeerState.CONNECTED:
+            entry.last_connected = now
         entry.failures += 1
         entry.last_error = error
         if delay is None:
             base = min(self.limits.backoff_max, self.limits.backoff_base * 2 ** min(entry.failures - 1, 30))
+            recent = entry.last_connected is not None and now - entry.last_connected < self.limits.known_window
+            if recent and self.known_redial_max is not None:
+                base = min(base, self.known_redial_max)
             delay = base * (0.5 + 0.5 * self.rng.random())
         entry.state = PeerState.BACKOFF
         entry.next_attempt = now + delay

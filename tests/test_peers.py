@@ -179,6 +179,33 @@ def test_backoff_doubles_until_cap() -> None:
     assert entry.last_error == "refused"
 
 
+def test_recent_peer_redials_within_cap() -> None:
+    peers = table(backoff_base=1.0, backoff_max=300.0, known_window=3_600.0)
+    peers.known_redial_max = 30.0
+    entry = peers.add_seed("peer-one.example.org:9090", 0.0)
+    peers.connected(entry, KEY_A, 10.0)
+
+    # The session breaks at 100 s, then every redial fails for an hour.
+    delays = [peers.failed(entry, 100.0 + 300.0 * number, "refused") for number in range(12)]
+
+    assert entry.last_connected == 100.0
+    assert max(delays) <= 30.0
+    assert delays[-1] >= 15.0
+
+
+def test_old_peer_backs_off_fully() -> None:
+    peers = table(backoff_base=1.0, backoff_max=300.0, known_window=3_600.0)
+    peers.known_redial_max = 30.0
+    entry = peers.add_seed("peer-one.example.org:9090", 0.0)
+    peers.connected(entry, KEY_A, 10.0)
+    peers.failed(entry, 100.0, "connection reset")
+
+    # A day later the address has had no session for longer than known_window.
+    delays = [peers.failed(entry, 86_400.0, "refused") for _ in range(9)]
+
+    assert delays[-1] >= 150.0
+
+
 def test_fixed_delay_overrides_backoff() -> None:
     peers = table(mismatch_backoff=21_600.0)
     entry = peers.add_seed("peer-one.example.org:9090", 0.0)
