@@ -677,13 +677,18 @@ class GossipNode:
         """Return the stored items among ``ids`` with their sizes; unknown ids cost one lookup each."""
         return await self.in_thread(self.store.load_items, ids)
 
-    async def snapshot(self) -> Snapshot:
-        """Return the id snapshot for reconciliation, rebuilt when the store changed and the old one is old enough."""
+    async def snapshot(self, *, fresh: bool = False) -> Snapshot:
+        """Return the id snapshot for reconciliation, rebuilt when the store changed and the old one is old enough.
+
+        With ``fresh`` it is rebuilt whenever the store changed. The first
+        session on a new connection asks for that, because the node at the
+        other end may have been away and lack exactly the newest items.
+        """
         async with self._snapshot_lock:
             now = trio.current_time()
             current = self._snapshot
             stale = current is not None and current.generation != self.store.generation
-            if current is None or (stale and now - self._snapshot_time >= self.settings.snapshot_max_age):
+            if current is None or (stale and (fresh or now - self._snapshot_time >= self.settings.snapshot_max_age)):
                 started = time.perf_counter()
                 current = await self.in_thread(self.store.build_snapshot)
                 self._snapshot, self._snapshot_time = current, now

@@ -82,6 +82,8 @@ class Reconciliations:
         self._theirs: _Active | None = None
         self.completed = 0
         self.last_result: ReconcileResult | None = None
+        self._started_ours = 0
+        self._started_theirs = 0
 
     @property
     def busy(self) -> bool:
@@ -102,7 +104,8 @@ class Reconciliations:
             return None
         self._next_number += 2
 
-        snapshot = await session.node.snapshot()
+        snapshot = await session.node.snapshot(fresh=self._started_ours == 0)
+        self._started_ours += 1
         # The connection may have closed while the snapshot was built.
         if not session.conn.ready:
             return None
@@ -175,7 +178,8 @@ class Reconciliations:
                 self._finish(active)
 
     async def _start_responder(self, number: int) -> _Active:
-        snapshot = await self.session.node.snapshot()
+        snapshot = await self.session.node.snapshot(fresh=self._started_theirs == 0)
+        self._started_theirs += 1
         key = self.session.conn.reconcile_key(number)
         reconciler = await self.session.node.in_thread(self._reconciler, snapshot.ids, key)
         if self._theirs is not None:

@@ -62,14 +62,6 @@ def test_sigkill_during_reconciliation(tmp_path: Path) -> None:
 STALE_SNAPSHOT_SETTINGS = GossipSettings(**{**FAST.__dict__, "snapshot_max_age": 30.0, "anti_entropy_interval": 60.0})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "node/gossip.py GossipNode.snapshot reuses an id snapshot that predates the latest stores for up to "
-        "snapshot_max_age, so the reconciliation a restarted or new node runs on dial misses the peer's recent "
-        "items; they arrive only with the next anti-entropy session (kill_bench: 21 s after a restart)"
-    ),
-)
 @pytest.mark.trio
 async def test_dial_reconciliation_sees_recent_items(tmp_path: Path) -> None:
     (tmp_path / "published").mkdir()
