@@ -69,7 +69,8 @@ __all__ = [
 logger = logging.getLogger("pith_mirror.gossip")
 
 NODE_KEY_FILENAME = "node.key"
-# Times one node requests the same id while the id is in the attempts cache.
+# Deliveries of one id that a node accepts while the id is in the attempts
+# cache; after that it requests the id no more.
 MAX_DELIVERY_ATTEMPTS = 3
 # Ids remembered as stored or already tried, so that announcements of them
 # cost no store lookup. After eviction the store lookup still finds them.
@@ -661,10 +662,20 @@ class GossipNode:
                 self._remember(self._seen, item, None)
             elif item not in self._claims and item not in self._seen and self._attempts.get(item, 0) < MAX_DELIVERY_ATTEMPTS:
                 self._claims[item] = session
-                self._remember(self._attempts, item, self._attempts.get(item, 0) + 1)
                 requested.append(item)
         session.claimed += len(requested)
         return requested
+
+    def note_delivered(self, session: PeerSession, ids: Iterable[bytes]) -> None:
+        """Count a delivery of each of ``ids`` by ``session``, stored or rejected.
+
+        Only a delivery counts toward MAX_DELIVERY_ATTEMPTS: a request that
+        a reset, a timeout or an empty reply ended may go to another peer.
+        """
+        for item_id in ids:
+            self._remember(self._seen, item_id, None)
+            self._remember(self.deliveries, item_id, self.deliveries.get(item_id, []) + [session.fingerprint])
+            self._remember(self._attempts, item_id, self._attempts.get(item_id, 0) + 1)
 
     def release_claims(self, session: PeerSession, ids: Iterable[bytes]) -> None:
         """Drop the claims of ``session`` on ``ids``, so another peer may be asked."""
@@ -773,9 +784,7 @@ class GossipNode:
 
         accepted = len(new_ids) + len(record_subjects)
         self._count_received(len(ids), accepted, len(rejected))
-        for item_id in ids:
-            self._remember(self._seen, item_id, None)
-            self._remember(self.deliveries, item_id, self.deliveries.get(item_id, []) + [session.fingerprint])
+        self.note_delivered(session, ids)
         self.release_claims(session, ids)
         if accepted:
             self.store.note_changed()

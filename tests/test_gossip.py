@@ -342,10 +342,11 @@ def test_small_fanout_misses_nodes() -> None:
 
 
 class FakeSession:
-    """The one attribute of a PeerSession that claims touch."""
+    """The attributes of a PeerSession that claims and deliveries touch."""
 
     def __init__(self) -> None:
         self.claimed = 0
+        self.fingerprint = "fake-session"
 
 
 @pytest.fixture
@@ -386,15 +387,32 @@ async def test_stored_id_recognised_after_eviction(node: GossipNode, store: Stor
 
 
 @pytest.mark.trio
-async def test_claim_attempts_capped(node: GossipNode) -> None:
+async def test_deliveries_capped(node: GossipNode) -> None:
+    # Each delivery is rejected, so the id stays missing; forgetting it as
+    # seen lets the node consider it again.
     session = FakeSession()
-    attempts = 0
+    requests = 0
     for _ in range(MAX_DELIVERY_ATTEMPTS + 2):
         if await node.claim(session, [digest(5)]):  # type: ignore[arg-type]
-            attempts += 1
+            requests += 1
+            node.note_delivered(session, [digest(5)])  # type: ignore[arg-type]
+        node.release_claims(session, [digest(5)])  # type: ignore[arg-type]
+        node._seen.clear()
+
+    assert requests == MAX_DELIVERY_ATTEMPTS
+    assert session.claimed == 0
+
+
+@pytest.mark.trio
+async def test_undelivered_requests_not_counted(node: GossipNode) -> None:
+    session = FakeSession()
+    requests = 0
+    for _ in range(MAX_DELIVERY_ATTEMPTS + 2):
+        if await node.claim(session, [digest(5)]):  # type: ignore[arg-type]
+            requests += 1
         node.release_claims(session, [digest(5)])  # type: ignore[arg-type]
 
-    assert attempts == MAX_DELIVERY_ATTEMPTS
+    assert requests == MAX_DELIVERY_ATTEMPTS + 2
     assert session.claimed == 0
 
 
