@@ -2,8 +2,8 @@
 
 The first three tests run ``bench/kill_bench.py`` in its smoke sizes on
 real subprocess daemons (``python -m bench.kill_bench --trials 20`` is the
-full run). The last test shows, with daemons in this process, why a
-restarted node can wait one anti-entropy interval to reconverge.
+full run). The last test shows, with daemons in this process, that a
+restarted node finds a peer's newest items in its first reconciliation.
 """
 
 from __future__ import annotations
