@@ -302,10 +302,20 @@ def _parse_url(value: Any) -> str:
 def _parse_path(value: Any, base: Path | None) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty path")
-    path = Path(value).expanduser()
+    path = _expand_user(value)
     if not path.is_absolute():
         path = base / path if base is not None else path.absolute()
     return path
+
+
+def _expand_user(value: str | Path) -> Path:
+    """Return ``value`` with a leading ``~`` or ``~name`` expanded; raise ValueError for an unknown user."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        # pathlib raises RuntimeError when it cannot find the home directory.
+        head = str(value).split("/", 1)[0]
+        raise ValueError(f"cannot expand {head}: no such user or no home directory") from None
 
 
 def _parse_log_level(value: Any) -> str:
@@ -363,9 +373,15 @@ def _flag_label(item: Field) -> str:
 def _find_config_file(overrides: Mapping[str, Any], env: Mapping[str, str], config_path: Path | None) -> tuple[Path | None, str]:
     """Return the TOML file to read, or None, and the label of who named it."""
     if config_path is not None:
-        return Path(config_path).expanduser(), "--config"
+        try:
+            return _expand_user(config_path), "--config"
+        except ValueError as error:
+            raise ConfigError("", "--config", str(config_path), str(error)) from None
     if env.get(CONFIG_ENV):
-        return Path(env[CONFIG_ENV]).expanduser(), CONFIG_ENV
+        try:
+            return _expand_user(env[CONFIG_ENV]), CONFIG_ENV
+        except ValueError as error:
+            raise ConfigError("", CONFIG_ENV, env[CONFIG_ENV], str(error)) from None
 
     item = _FIELDS_BY_KEY["data_dir"]
     if overrides.get("data_dir") is not None:

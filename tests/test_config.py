@@ -533,3 +533,19 @@ def test_public_names_pinned() -> None:
     ]
 
     assert sorted(config_module.__all__) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "config_path", "source"),
+    [
+        ({"PITH_MIRROR_CONFIG": "~nosuchuser-pith-test/pith.toml"}, None, "PITH_MIRROR_CONFIG"),
+        ({}, Path("~nosuchuser-pith-test/pith.toml"), "--config"),
+        ({"PITH_MIRROR_DATA_DIR": "~nosuchuser-pith-test/pith"}, None, "PITH_MIRROR_DATA_DIR"),
+    ],
+)
+def test_unknown_user_home_rejected(tmp_path: Path, env: dict[str, str], config_path: Path | None, source: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config({}, {"HOME": str(tmp_path), **env}, config_path)
+
+    assert source in str(raised.value)
+    assert "cannot expand ~nosuchuser-pith-test: no such user or no home directory" in str(raised.value)
