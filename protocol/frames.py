@@ -39,6 +39,7 @@ from .errors import UsageError, WireError, quote_value
 __all__ = [
     "FRAME_HEADER_BYTES",
     "MAX_FRAME_BYTES",
+    "MAX_FRAME_CONTAINERS",
     "MAX_FRAME_DEPTH",
     "FrameReader",
     "decode_payload",
@@ -52,15 +53,19 @@ FRAME_HEADER_BYTES = 4
 # canonical JSON (protocol.merge.MAX_EVENT_BYTES), so the largest event
 # always fits in one frame. The cap is also the most a peer can make a
 # connection buffer.
-# NOTE: checking a full frame costs CPU in proportion to its values: 29 ms
-# for 514 KB of published events, but up to about 1.8 s for 1 MiB of nested
-# one-element arrays (measured on a 2-core AMD EPYC). The node must bound
-# how many frames per second it reads from one peer.
+# Checking a frame costs CPU in proportion to its values, so
+# MAX_FRAME_CONTAINERS bounds the costliest ones below.
 MAX_FRAME_BYTES = 1024 * 1024
 
 # The message map, the items array, then an item nested as deep as
 # canonical JSON allows (DEFAULT_LIMITS.max_depth, counting the item itself).
 MAX_FRAME_DEPTH = DEFAULT_LIMITS.max_depth + 2
+
+# Arrays and maps in one frame. Each costs a walk step, and an empty one a
+# single byte, so a 1 MiB frame of a million empty arrays took 1.6 s to
+# reject. The published records and state have at least 67 bytes of JSON per
+# container, so a full frame of real items holds about 16,000.
+MAX_FRAME_CONTAINERS = 65_536
 
 
 class FrameReader:
@@ -306,6 +311,7 @@ def _check_wire_value(value: Any) -> None:
     # An explicit stack instead of recursion, so a deep value cannot raise
     # RecursionError before the depth check reaches it.
     stack: list[tuple[Any, int, _Location]] = [(value, 1, None)]
+    containers = 0
     while stack:
         item, depth, location = stack.pop()
         kind = type(item)
@@ -319,8 +325,16 @@ def _check_wire_value(value: Any) -> None:
         elif kind is dict or kind is list:
             if depth > MAX_FRAME_DEPTH:
                 raise WireError(_path_of(location), f"nesting is deeper than {MAX_FRAME_DEPTH} levels")
+            containers += 1
+            if containers > MAX_FRAME_CONTAINERS:
+                raise WireError("frame", f"frame holds more than {MAX_FRAME_CONTAINERS} arrays and maps")
             if _scalar_members_valid(item.values() if kind is dict else item):
                 continue
+            # Counted in C before the members are pushed, so that a frame of
+            # a million empty arrays stops here and not after a million steps.
+            nested = sum(map(_CONTAINER_TYPES.__contains__, map(type, item.values() if kind is dict else item)))
+            if containers + nested > MAX_FRAME_CONTAINERS:
+                raise WireError("frame", f"frame holds more than {MAX_FRAME_CONTAINERS} arrays and maps")
             if kind is dict:
                 members = list(item.items())
                 for key, member in reversed(members):
@@ -346,6 +360,7 @@ def _check_wire_value(value: Any) -> None:
 
 
 _SCALAR_TYPES = frozenset({str, bytes, bool, type(None)})
+_CONTAINER_TYPES = frozenset({dict, list})
 
 
 def _scalar_members_valid(members: Any) -> bool:

@@ -19,6 +19,7 @@ from protocol.errors import UsageError, WireError
 from protocol.frames import (
     FRAME_HEADER_BYTES,
     MAX_FRAME_BYTES,
+    MAX_FRAME_CONTAINERS,
     MAX_FRAME_DEPTH,
     FrameReader,
     decode_payload,
@@ -527,3 +528,26 @@ def test_arbitrary_bytes_decode_or_wire_error(payload: bytes) -> None:
         decode_payload(payload)
     except WireError:
         pass
+
+
+def test_million_empty_arrays_rejected() -> None:
+    # One byte per empty array: the cheapest values to send and the costliest to check.
+    count = MAX_FRAME_BYTES - 5
+    payload = b"\xdd" + count.to_bytes(4, "big") + b"\x90" * count
+    with pytest.raises(WireError) as raised:
+        decode_payload(payload)
+
+    assert raised.value.field == "frame"
+    assert str(raised.value.reason) == f"frame holds more than {MAX_FRAME_CONTAINERS} arrays and maps"
+
+
+def test_containers_at_limit_accepted() -> None:
+    # The message map plus an items array of 65,534 empty maps: 65,536 containers.
+    payload = encode_payload({"type": "items", "items": [{}] * (MAX_FRAME_CONTAINERS - 2)})
+    assert len(decode_payload(payload)["items"]) == MAX_FRAME_CONTAINERS - 2
+
+
+def test_containers_over_limit_rejected() -> None:
+    payload = encode_payload({"type": "items", "items": [{}] * (MAX_FRAME_CONTAINERS - 1)})
+    with pytest.raises(WireError, match="more than 65536 arrays and maps"):
+        decode_payload(payload)
