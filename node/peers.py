@@ -183,7 +183,7 @@ class PeerTable:
     entries: dict[str, PeerEntry] = field(default_factory=dict)
     # Our own gossip addresses, never dialled.
     own_addresses: set[str] = field(default_factory=set)
-    # The longest redial delay of an address that had a session within
+    # The maximum redial delay of an address that had a session within
     # limits.known_window; the gossip node sets its anti-entropy interval,
     # so that a partition that heals costs at most about one interval.
     known_redial_max: float | None = None
