@@ -209,6 +209,10 @@ _DNS_THREADS = 4
 # Worker threads for gossip's store reads, snapshots, reconciliation and
 # frame decoding.
 GOSSIP_THREADS = 8
+# Worker threads that check large frames at once, over all peers. A 1 MiB
+# frame of one-byte empty arrays builds a million lists, about 80 MB until
+# it is rejected, so this also bounds that transient memory.
+DECODE_THREADS = 2
 
 
 async def _resolve(host: str, port: int, limiter: trio.CapacityLimiter) -> list[str]:
@@ -276,6 +280,7 @@ class GossipNode:
         self.table = PeerTable(self.policy, self.settings.peer_limits, self.rng, known_redial_max=self.settings.anti_entropy_interval)
         self.store = GossipStore(service.store, service.trust)
         self.threads = trio.CapacityLimiter(GOSSIP_THREADS)
+        self.decode_threads = trio.CapacityLimiter(DECODE_THREADS)
         self.connect: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream
         self.resolve: Callable[[str, int], Awaitable[list[str]]] = partial(_resolve, limiter=trio.CapacityLimiter(_DNS_THREADS))
         self.listen_address: str | None = None

@@ -358,7 +358,7 @@ class PeerSession:
         self.bytes_received += len(data)
         await self._throttle(len(data))
         if len(data) + self.conn.buffered > INLINE_DECODE_BYTES:
-            events = await self.node.in_thread(self.conn.receive_data, data)
+            events = await trio.to_thread.run_sync(self.conn.receive_data, data, limiter=self.node.decode_threads)
         else:
             events = self.conn.receive_data(data)
         for event in events:
