@@ -18,7 +18,10 @@ the last node converged.
 In the attacked runs one more process starts before the honest nodes. For
 each honest node it runs one ``HostilePeer`` identity (one node key, one
 source address 127.66.0.<i+1>) that cycles through every attack of
-``tests/harness/hostile.py`` on fresh connections until the run ends.
+``tests/harness/hostile.py`` on fresh connections until the run ends, and
+keeps ``TRICKLES_PER_TARGET`` slow handshakes open from a second address
+(127.66.1.<i+1>). A node lets one address hold only 4 handshakes, so from
+one address the trickles alone would shut out every other attack.
 Baseline and attacked runs alternate, so drift of the machine hits both.
 
 The report gives, per run, the convergence time, each node's peak RSS
@@ -213,6 +216,7 @@ class Attacker:
         self.address = address
         self.label = f"bench-hostile-{index}"
         self.local_host = f"127.66.0.{index + 1}"
+        self.trickle_host = f"127.66.1.{index + 1}"
         self.outcomes: dict[str, Counter[str]] = {}
         self.recorded = b""
         self.cycle = 0
@@ -220,10 +224,10 @@ class Attacker:
     def note(self, attack: str, outcome: str) -> None:
         self.outcomes.setdefault(attack, Counter())[outcome] += 1
 
-    async def connect(self, handshake: bool = True) -> tuple[HostilePeer | None, str]:
+    async def connect(self, handshake: bool = True, local_host: str | None = None) -> tuple[HostilePeer | None, str]:
         """Open a connection; with ``handshake``, return (peer, "") when it completed, else (None, why)."""
         try:
-            peer = await HostilePeer.open(self.address, self.label, local_host=self.local_host)
+            peer = await HostilePeer.open(self.address, self.label, local_host=local_host or self.local_host)
         except OSError as error:
             return None, f"connect failed: {error.strerror or error}"
         if not handshake:
@@ -277,7 +281,7 @@ class Attacker:
 
     async def _trickle_forever(self, stop: trio.Event) -> None:
         while not stop.is_set():
-            peer, why = await self.connect(handshake=False)
+            peer, why = await self.connect(handshake=False, local_host=self.trickle_host)
             if peer is None:
                 self.note("trickled handshake", why)
                 await trio.sleep(0.5)
