@@ -581,7 +581,7 @@ class GossipNode:
         now = trio.current_time()
         key = session.node_key if session.ready else None
         ban = self.table.penalize(key, session.remote_host, penalty, f"{reason} (from {session.remote})", now, times)
-        self.metrics.penalties.labels(kind=penalty.name.lower()).inc(times)
+        self.metrics.penalties.labels(kind=penalty.value).inc(times)
         if ban is None:
             return
         self._count_ban()

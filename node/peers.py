@@ -71,14 +71,34 @@ class PeerState(enum.StrEnum):
 
 
 class Penalty(enum.Enum):
-    """Kinds of misbehaviour and the points each costs."""
+    """Kinds of misbehaviour; ``points`` is what each costs.
 
-    PROTOCOL_VIOLATION = 40
-    HANDSHAKE_FAILED = 20
-    FLOOD = 20
-    INVALID_ITEM = 5
-    UNSOLICITED_ITEM = 5
-    TIMEOUT = 5
+    The values are the names, because kinds that cost the same points must
+    stay distinct members (an Enum makes members with equal values aliases).
+    """
+
+    PROTOCOL_VIOLATION = "protocol_violation"
+    HANDSHAKE_FAILED = "handshake_failed"
+    FLOOD = "flood"
+    INVALID_ITEM = "invalid_item"
+    UNSOLICITED_ITEM = "unsolicited_item"
+    TIMEOUT = "timeout"
+    UNDELIVERED = "undelivered"
+
+    @property
+    def points(self) -> int:
+        return _PENALTY_POINTS[self]
+
+
+_PENALTY_POINTS = {
+    Penalty.PROTOCOL_VIOLATION: 40,
+    Penalty.HANDSHAKE_FAILED: 20,
+    Penalty.FLOOD: 20,
+    Penalty.INVALID_ITEM: 5,
+    Penalty.UNSOLICITED_ITEM: 5,
+    Penalty.TIMEOUT: 5,
+    Penalty.UNDELIVERED: 1,
+}
 
 
 @dataclass(frozen=True)
@@ -365,9 +385,9 @@ class PeerTable:
         """
         subject = f"key:{node_key.hex()}" if node_key is not None else f"host:{host}"
         score = self._score(subject, now)
-        score.points -= penalty.value * times
+        score.points -= penalty.points * times
         score.penalties += times
-        logger.info("peer %s scored %d (%s): %s; score now %.0f", subject, -penalty.value * times, penalty.name.lower(), reason, score.points)
+        logger.info("peer %s scored %d (%s): %s; score now %.0f", subject, -penalty.points * times, penalty.value, reason, score.points)
         if score.points >= self.limits.ban_threshold or (score.banned_until is not None and score.banned_until > now):
             return None
         score.banned_until = now + self.limits.ban_seconds

@@ -576,7 +576,13 @@ class PeerSession:
             self._outstanding.popleft()
             self._want_slots.release()
             if want.ids:
-                # Ids the peer did not send; another peer may have them.
+                # Ids the peer did not send; another peer may have them. The
+                # peer named each of them, by announcing it or in
+                # reconciliation, so a reply that leaves some out costs a
+                # point: a peer that names ids it does not hold is banned
+                # after 100 such replies, while an honest peer rarely loses
+                # an id (a record entry id changes when its aliases do).
+                self.node.penalize(self, Penalty.UNDELIVERED, f"did not send {len(want.ids)} of the ids it named")
                 self.node.release_claims(self, want.ids)
 
     # --- serving requests ----------------------------------------------------

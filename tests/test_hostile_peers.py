@@ -562,7 +562,7 @@ async def test_wanted_ids_over_window_unserved(tmp_path: Path, published_store: 
 
 
 @pytest.mark.trio
-async def test_reconciliation_lie_costs_requests_only(tmp_path: Path, published_store: Path) -> None:
+async def test_reconciliation_lie_scored_down(tmp_path: Path, published_store: Path) -> None:
     fake = random_ids(3000, "lie")
     async with federation(tmp_path) as group:
         node = await group.start("node", store_file=published_store)
@@ -570,6 +570,8 @@ async def test_reconciliation_lie_costs_requests_only(tmp_path: Path, published_
         await peer.handshake()
         ours = await peer.lie_in_reconciliation(fake)
         requested = await peer.answer_wants_empty(SETTLE_SECONDS, expected=len(fake))
+        # The last empty reply is scored once the node reads it.
+        await wait_for(lambda: score_of(node, f"key:{peer.key.public_key.hex()}") == -3.0, SETTLE_SECONDS, "three replies are scored")
         await peer.close()
         counters = dict(node.gossip.counters)
         stats = node.service.store.stats()
@@ -578,6 +580,8 @@ async def test_reconciliation_lie_costs_requests_only(tmp_path: Path, published_
     assert ours.done
     assert len(ours.need_ids) == 3
     assert sorted(set(requested)) == sorted(fake)
+    # 3,000 ids are requested 1,024 per want: three replies without them.
+    assert len(requested) == 3000
     assert counters["items_received"] == 0
     assert stats.events == 2
     assert health == 200

@@ -378,3 +378,19 @@ def test_host_of_strips_brackets() -> None:
     assert host_of("[::1]:9090") == "::1"
     assert host_of("mirror.example.org:7400") == "mirror.example.org"
     assert host_of("not an address") == "not an address"
+
+
+def test_penalty_kinds_distinct() -> None:
+    # Kinds that cost the same points must not become aliases of each other.
+    assert [penalty.value for penalty in Penalty] == [
+        "protocol_violation", "handshake_failed", "flood", "invalid_item", "unsolicited_item", "timeout", "undelivered",
+    ]
+    assert [penalty.points for penalty in Penalty] == [40, 20, 20, 5, 5, 5, 1]
+
+
+def test_timeout_scored_as_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    peers = table()
+    caplog.set_level("INFO", logger="pith_mirror.gossip.peers")
+    peers.penalize(KEY_A, None, Penalty.TIMEOUT, "idle timeout", 0.0)
+
+    assert "scored -5 (timeout): idle timeout" in caplog.text
