@@ -30,6 +30,7 @@ from protocol import (
     merge,
     read_document,
     state_input,
+    validate_event,
 )
 from protocol.documents import DOCUMENT_LIMITS
 
@@ -96,7 +97,8 @@ def read_items(path: str) -> Iterator[Item]:
 
     try:
         value = read_document(data)
-        kind = document_kind(value)
+        # A file holding one event, as ``pith-mirror sign`` writes it.
+        kind = "event" if isinstance(value, dict) and "event_type" in value else document_kind(value)
     except InvalidInput as error:
         yield Item(path, "document", error=error)
         return
@@ -121,8 +123,12 @@ def verify_item(item: Item, trust: TrustConfig) -> tuple[bool, str]:
             passed = check_state(value, trust)
         elif item.kind == "bundle":
             passed = _check_bundle(value, trust)
+        elif item.kind == "event":
+            subject = value.get("subject_pith_number")
+            event = validate_event(value, subject if isinstance(subject, str) else "", trust)
+            passed = [f"{event.event_type} event {event.event_id}: envelope, payload and signature (merge checks it against its record)"]
         else:
-            return False, f"FAIL {item.label}: an event line can only be checked by merge, together with its record"
+            return False, f"FAIL {item.label}: unknown item kind {item.kind}"
     except InvalidInput as error:
         return False, f"FAIL {item.label} {item.kind} {name}: {error}"
     return True, f"OK   {item.label} {item.kind} {name}: {'; '.join(passed)}"

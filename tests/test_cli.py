@@ -361,14 +361,37 @@ def test_verify_jsonl_bad_line_counted(
     assert out.splitlines()[-1] == "verified 3 items: 2 passed, 1 failed"
 
 
-def test_verify_event_line_needs_merge(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_verify_incomplete_event_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "events.jsonl"
     target.write_text('{"event_type": "mirror_hint"}\n', encoding="utf-8")
     status, out, _ = _run(capsys, "verify", str(target))
     assert status == 1
-    assert out.splitlines()[0] == (
-        f"FAIL {target}:1: an event line can only be checked by merge, together with its record"
-    )
+    assert out.splitlines()[0].startswith(f"FAIL {target}:1 event ?: ")
+
+
+PUBLISHED_SUBJECT = "pith:2017:JXMVLSVZ7B4A7F3JLM5PIYYILY"
+
+
+def test_signed_event_file_verifies_and_merges(capsys: pytest.CaptureFixture[str], tmp_path: Path, published_state_bytes: bytes) -> None:
+    # sign writes one event as a .json document; verify and merge read it as it is.
+    key_path = tmp_path / "node.key"
+    state_path = tmp_path / "state.json"
+    state_path.write_bytes(published_state_bytes)
+    assert _run(capsys, "keygen", "--out", str(key_path))[0] == 0
+    payload = '{"slot": "primary", "url": "https://mirror.example.org/pith/"}'
+    status, signed, _ = _run(capsys, "sign", "--key", str(key_path), "--type", "mirror_hint", "--subject", PUBLISHED_SUBJECT, "--payload", payload)
+    event_path = tmp_path / "hint.json"
+    event_path.write_text(signed, encoding="utf-8")
+
+    verified = _run(capsys, "verify", str(event_path))
+    merged = _run(capsys, "merge", "--hash-only", str(state_path), str(event_path))
+
+    assert status == 0
+    assert verified[0] == 0
+    assert verified[1].splitlines()[0].startswith(f"OK   {event_path} event {PUBLISHED_SUBJECT}: mirror_hint event sha256:")
+    assert merged[0] == 0
+    assert len(merged[1].strip()) == 64
+    assert merged[1].strip() != "639b10615b1eed11474946d569750a736e62592919f04e71d6102b4d3b2b43ce"
 
 
 def _run_bounded(code: str) -> subprocess.CompletedProcess[str]:
