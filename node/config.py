@@ -108,6 +108,10 @@ FIELDS: tuple[Field, ...] = (
     Field("http_listen", "host_port", "PITH_MIRROR_HTTP", "--http", "HOST:PORT the HTTP API listens on"),
     Field("gossip_listen", "host_port", "PITH_MIRROR_GOSSIP", "--gossip", "HOST:PORT the gossip protocol listens on; port 0 picks a free port"),
     Field("peers", "host_ports", "PITH_MIRROR_PEERS", "--peer", "Seed peers as HOST:PORT"),
+    Field(
+        "gossip_advertise", "host_port", "PITH_MIRROR_GOSSIP_ADVERTISE", "",
+        "HOST:PORT other nodes should dial for gossip; when unset, the bound gossip address, or none when it binds every interface",
+    ),
     Field("public_url", "url", "PITH_MIRROR_PUBLIC_URL", "", "URL this mirror advertises in /pith-mirrors.json"),
     Field("trust_file", "path", "PITH_MIRROR_TRUST", "--trust", "Trust configuration JSON file; when unset, the built-in trust applies"),
     Field(
@@ -146,6 +150,7 @@ class Config:
     http_listen: str = "127.0.0.1:8080"
     gossip_listen: str = "127.0.0.1:9090"
     peers: tuple[str, ...] = ()
+    gossip_advertise: str | None = None
     public_url: str | None = None
     trust_file: Path | None = None
     allow_private_addresses: bool = False

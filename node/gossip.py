@@ -340,7 +340,8 @@ class GossipNode:
             listeners = await nursery.start(partial(trio.serve_tcp, self._handle_inbound, port, host=host))
             bound = listeners[0].socket.getsockname()
             self.listen_address = format_host_port(str(bound[0]), int(bound[1]))
-            self.advertised_listen = self.settings.advertise or (None if _wildcard(host) else self.listen_address)
+            advertise = self.settings.advertise or self.config.gossip_advertise
+            self.advertised_listen = advertise or (None if _wildcard(host) else self.listen_address)
             self.table.own_addresses.update(address for address in (self.listen_address, self.advertised_listen) if address)
 
             now = trio.current_time()

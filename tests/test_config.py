@@ -410,6 +410,7 @@ http_listen = "[::1]:8081"
 gossip_listen = "0.0.0.0:9091"
 peers = ["a.example:9090", "[2001:db8::1]:9092"]
 public_url = "https://mirror.example.org/pith/"
+gossip_advertise = "mirror.example.org:9091"
 trust_file = "{tmp_path}/trust.json"
 allow_private_addresses = true
 allow_loopback_addresses = true

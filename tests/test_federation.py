@@ -323,6 +323,19 @@ async def test_dialer_stops_at_outbound_target(tmp_path: Path) -> None:
 
 
 @pytest.mark.trio
+async def test_configured_gossip_address_advertised(tmp_path: Path) -> None:
+    async with federation(tmp_path) as group:
+        node = await group.start("node", advertise="mirror.example.org:9090")
+        peer = await RawPeer.open(node.address, "advertise-reader")
+        events = await peer.handshake()
+        await peer.close()
+
+    hellos = [event.listen for event in events if type(event).__name__ == "HelloReceived"]
+    assert node.gossip.advertised_listen == "mirror.example.org:9090"
+    assert hellos == ["mirror.example.org:9090"]
+
+
+@pytest.mark.trio
 async def test_seed_of_own_address_not_redialled(tmp_path: Path) -> None:
     # NOTE: another process may take the port between the probe and the bind.
     port = free_port()

@@ -129,6 +129,7 @@ class Federation:
         trust_file: Path | None = None,
         allow_loopback: bool = True,
         listen: str = "127.0.0.1:0",
+        advertise: str | None = None,
     ) -> Node:
         data_dir = self.root / name
         data_dir.mkdir()
@@ -141,6 +142,7 @@ class Federation:
             peers=peers,
             trust_file=trust_file,
             allow_loopback_addresses=allow_loopback,
+            gossip_advertise=advertise,
         )
         dialled: list[tuple[str, int]] = []
         resolved: list[tuple[str, int]] = []
