@@ -162,7 +162,7 @@ def command_run(args: argparse.Namespace) -> int:
     from .daemon import DaemonError, run_daemon
 
     config = _effective_config(args)
-    logging.getLogger().setLevel(config.log_level)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.log_level)
     try:
         trio.run(run_daemon, config)
     except DaemonError as error:
@@ -178,7 +178,7 @@ def command_import(args: argparse.Namespace) -> int:
     from .store import StoreError
 
     config = _effective_config(args)
-    logging.getLogger().setLevel(config.log_level)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.log_level)
     suffixes = list(args.suffix or [])
     if args.suffixes_from:
         try:

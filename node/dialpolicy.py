@@ -335,7 +335,11 @@ class DialPolicy:
         except DialRejected as error:
             return _reject(error.code, error.reason)
         if scheme == "http" and not self.allow_http:
-            return _reject("scheme", f"URL {url!r} uses http, which is not allowed here; use https")
+            return _reject(
+                "scheme",
+                f"URL {url!r} uses http, which is not allowed here; use https, or set allow_http_mirrors "
+                "(PITH_MIRROR_ALLOW_HTTP_MIRRORS=true) for a mirror you trust",
+            )
         return self._check_host_and_port(scheme, host, port)
 
     def check_peer(self, host_port: str) -> DialDecision:

@@ -606,10 +606,15 @@ class MirrorClient:
         path_start = pattern.find("/", scheme_end + 3) if scheme_end >= 0 else -1
         if path_start < 0 or pattern.index(SUFFIX_PLACEHOLDER) < path_start:
             raise _AttemptFailed(f"{field} {pattern[:200]!r} must have {SUFFIX_PLACEHOLDER} in its path", retryable=False)
+        # The policy checks the pattern with a made-up suffix in place of
+        # the placeholder; its reason quotes that URL.
         example = pattern.replace(SUFFIX_PLACEHOLDER, "A" * 26)
         decision = self.policy.check_url(example)
         if not decision.allowed:
-            raise _AttemptFailed(f"{field} {pattern[:200]!r} is rejected by the dial policy: {decision.reason}", retryable=False)
+            raise _AttemptFailed(
+                f"{field} {pattern[:200]!r} is rejected by the dial policy (checked as {example[:200]!r}): {decision.reason}",
+                retryable=False,
+            )
 
     def _check_manifest(self, manifest: dict[str, Any]) -> None:
         if manifest.get("manifest_type") != MANIFEST_TYPE:
