@@ -164,6 +164,11 @@ class HintAddress:
     event_id: str
 
 
+def _container_bound(encoded: bytes) -> int:
+    """Return an upper bound on the arrays and objects in canonical JSON: its ``[`` and ``{`` bytes."""
+    return encoded.count(b"[") + encoded.count(b"{")
+
+
 def _alias_entry(kind: str, value: str, created_at: str | None) -> dict[str, Any]:
     # The same entry form as the store's bundles and states.
     entry: dict[str, Any] = {"alias_kind": kind, "alias_value": value}
@@ -316,21 +321,24 @@ class GossipStore:
             records, recent = self._records, self._recent_records
             return [item for item, text in zip(ids, hexes) if text not in stored and item not in recent and records.rowid_of(item) is None]
 
-    def load_items(self, ids: Sequence[bytes]) -> list[tuple[bytes, dict[str, Any], int]]:
-        """Return (id, item, canonical JSON size) for each id this node can serve, in request order.
+    def load_items(self, ids: Sequence[bytes]) -> list[tuple[bytes, dict[str, Any], int, int]]:
+        """Return (id, item, canonical JSON size, containers) for each id this node can serve, in request order.
+
+        ``containers`` is an upper bound on the item's arrays and objects:
+        its ``[`` and ``{`` bytes, which a frame must not carry too many of.
 
         Unknown ids, excluded events and record entries whose aliases have
         changed since their id was computed are left out.
         """
         self._ensure_indexed()
-        found: dict[bytes, tuple[dict[str, Any], int]] = {}
+        found: dict[bytes, tuple[dict[str, Any], int, int]] = {}
         hexes = [item.hex() for item in ids]
         with self.store.snapshot() as conn:
             for chunk in _chunks(hexes):
                 placeholders = ",".join("?" * len(chunk))
                 query = f"SELECT input_sha256, raw_json FROM events WHERE input_sha256 IN ({placeholders}) AND excluded = 0"
                 for text, raw_json in conn.execute(query, chunk):
-                    found[bytes.fromhex(text)] = (json.loads(raw_json), len(raw_json))
+                    found[bytes.fromhex(text)] = (json.loads(raw_json), len(raw_json), _container_bound(raw_json))
             for item_id in ids:
                 if item_id in found:
                     continue
@@ -339,7 +347,7 @@ class GossipStore:
                     found[item_id] = entry
         return [(item_id, *found[item_id]) for item_id in dict.fromkeys(ids) if item_id in found]
 
-    def _load_record_entry(self, conn: Any, item_id: bytes) -> tuple[dict[str, Any], int] | None:
+    def _load_record_entry(self, conn: Any, item_id: bytes) -> tuple[dict[str, Any], int, int] | None:
         with self._lock:
             rowid = self._records.rowid_of(item_id)
             number = self._recent_records.get(item_id)
@@ -363,7 +371,7 @@ class GossipStore:
             # The aliases changed since the id was computed; the current
             # entry has another id, which the next snapshot carries.
             return None
-        return record_entry(json.loads(record_json), aliases), len(encoded)
+        return record_entry(json.loads(record_json), aliases), len(encoded), _container_bound(encoded)
 
     def record_entry_ids(self, subjects: Iterable[str]) -> dict[str, bytes]:
         """Return the current record entry id of each stored subject and remember them as known."""

@@ -56,7 +56,7 @@ from protocol import (
     UsageError,
     key_fingerprint,
 )
-from protocol.frames import MAX_FRAME_BYTES
+from protocol.frames import MAX_FRAME_BYTES, MAX_FRAME_CONTAINERS
 from protocol.wire import MAX_ANNOUNCE_IDS, MAX_ITEMS, NONCE_BYTES, PING_NONCE_BYTES
 
 from .peers import PeerEntry, Penalty
@@ -85,6 +85,9 @@ MAX_QUEUED_WANTS = 16
 # larger than canonical JSON for events (docs/protocol.md, "Frames"), so
 # this leaves room within MAX_FRAME_BYTES.
 ITEMS_FRAME_BUDGET = 768 * 1024
+# Arrays and maps of the items in one frame: the frame limit less the
+# message map and the items array.
+ITEMS_FRAME_CONTAINERS = MAX_FRAME_CONTAINERS - 2
 # Ids remembered per peer as held by it, so they are not announced to it.
 PEER_HAS_ENTRIES = 16_384
 # Announced ids queued for requests to one peer. Announcements beyond this
@@ -604,7 +607,7 @@ class PeerSession:
                 await self._serve_wakeup.wait()
             ids = self._wants_to_serve.popleft()
             found = await self.node.load_items(ids) if ids else []
-            self._remember_peer_has([item_id for item_id, _, _ in found])
+            self._remember_peer_has([item_id for item_id, _, _, _ in found])
             batches = _item_batches(found)
             for index, batch in enumerate(batches):
                 if not await self._send_items(batch, index < len(batches) - 1):
@@ -626,15 +629,28 @@ class PeerSession:
         return sent
 
 
-def _item_batches(found: list[tuple[bytes, dict[str, Any], int]]) -> list[list[dict[str, Any]]]:
-    """Split items into batches of at most MAX_ITEMS items and ITEMS_FRAME_BUDGET bytes; at least one batch."""
+def _item_batches(found: list[tuple[bytes, dict[str, Any], int, int]]) -> list[list[dict[str, Any]]]:
+    """Split items into batches that each fit one items frame; at least one batch.
+
+    A batch has at most MAX_ITEMS items, ITEMS_FRAME_BUDGET bytes and
+    ITEMS_FRAME_CONTAINERS arrays and objects, so that the receiver never
+    rejects a frame of valid items. An item over the container budget on
+    its own cannot be sent and is left out.
+    """
     batches: list[list[dict[str, Any]]] = [[]]
     size = 0
-    for _, item, item_size in found:
-        if batches[-1] and (len(batches[-1]) >= MAX_ITEMS or size + item_size > ITEMS_FRAME_BUDGET):
+    containers = 0
+    for item_id, item, item_size, item_containers in found:
+        if item_containers > ITEMS_FRAME_CONTAINERS:
+            logger.error("item %s holds up to %d arrays and objects, more than one frame may carry; not sent", item_id.hex(), item_containers)
+            continue
+        full = len(batches[-1]) >= MAX_ITEMS or size + item_size > ITEMS_FRAME_BUDGET or containers + item_containers > ITEMS_FRAME_CONTAINERS
+        if batches[-1] and full:
             batches.append([])
             size = 0
+            containers = 0
         batches[-1].append(item)
         size += item_size
+        containers += item_containers
     return batches
 

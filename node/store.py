@@ -234,7 +234,7 @@ class EventOutcome:
         pending: the event is stored, but its record has not arrived yet.
         field: for a rejection, the dotted path of the field that failed.
         code: for a rejection, a stable reason code (the ``EventError`` code
-            or one of the store's: ``not_canonical``, ``event_too_large``,
+            or one of the store's: ``not_canonical``, ``event_too_large``, ``too_many_containers``,
             ``future_timestamp``, ``malformed_subject``, ``pending_limit``,
             ``pending_subject_limit``).
         reason: a message for people. For a duplicate or a replacement it
@@ -410,6 +410,31 @@ def _alias_entry(kind: str, value: str, created_at: str | None) -> dict[str, Any
     if created_at is not None:
         entry["created_at"] = created_at
     return entry
+
+
+# Arrays and objects one stored record or event may hold. A gossip frame
+# may carry at most protocol.frames.MAX_FRAME_CONTAINERS (65,536) of them,
+# so an item over this could never be sent to a peer, and a peer would score
+# the sender for trying. Real records hold about a dozen.
+MAX_ITEM_CONTAINERS = 16_384
+
+
+def _too_many_containers(encoded: bytes) -> int | None:
+    """Return the number of arrays and objects in canonical JSON ``encoded`` when it is over MAX_ITEM_CONTAINERS, else None."""
+    # Brackets inside strings count too, so this bound is cheap and never low.
+    if encoded.count(b"[") + encoded.count(b"{") <= MAX_ITEM_CONTAINERS:
+        return None
+    count = 0
+    stack = [json.loads(encoded)]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            count += 1
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            count += 1
+            stack.extend(value)
+    return count if count > MAX_ITEM_CONTAINERS else None
 
 
 def _record_json(record: dict[str, Any]) -> bytes:
@@ -1087,10 +1112,16 @@ class Store:
             )
 
         subject = merge_input.pith_number
+        record_json = _record_json(merge_input.record)
+        containers = _too_many_containers(record_json)
+        if containers is not None:
+            reason = f"the record holds {containers} arrays and objects, over the limit of {MAX_ITEM_CONTAINERS}"
+            self._log_rejection(batch, document, subject, None, "canonical_record", "too_many_containers", reason, kind)
+            return DocumentOutcome(Status.REJECTED, subject, field="canonical_record", code="too_many_containers", reason=reason)
         new_subject = self._is_new_subject(batch, subject)
         if new_subject:
             try:
-                return self._ingest_new_subject(batch, merge_input)
+                return self._ingest_new_subject(batch, merge_input, record_json)
             except _NeedsFullChecks:
                 pass
             except sqlite3.IntegrityError as error:
@@ -1167,7 +1198,7 @@ class Store:
             (subject,),
         ).fetchone() is None
 
-    def _ingest_new_subject(self, batch: _Batch, merge_input: MergeInput) -> DocumentOutcome:
+    def _ingest_new_subject(self, batch: _Batch, merge_input: MergeInput, record_json: bytes) -> DocumentOutcome:
         """Merge the document of a subject the store has nothing of, then store it and its state.
 
         Everything is checked and merged before the first write, so a
@@ -1177,7 +1208,6 @@ class Store:
         """
         conn = batch.conn
         subject = merge_input.pith_number
-        record_json = _record_json(merge_input.record)
         aliases = _first_aliases(merge_input.aliases)
         outcomes, rows, decoded = self._stage_events(batch, merge_input.events, subject, new_subject=True)
         # The values _merge_input would read back after the writes: the
@@ -1255,7 +1285,7 @@ class Store:
                 encoded = canonical_bytes(raw)
             except CanonicalJSONError:
                 raise _NeedsFullChecks from None
-            if len(encoded) > MAX_EVENT_BYTES:
+            if len(encoded) > MAX_EVENT_BYTES or _too_many_containers(encoded) is not None:
                 raise _NeedsFullChecks
             encoded_events.append((encoded, hashlib.sha256(encoded).hexdigest()))
         stored_inputs = self._stored_inputs(conn, [input_sha256 for _, input_sha256 in encoded_events])
@@ -1428,6 +1458,12 @@ class Store:
         if len(encoded) > MAX_EVENT_BYTES:
             return reject(
                 input_sha256, "", "event_too_large", f"event of {len(encoded)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"
+            )
+        containers = _too_many_containers(encoded)
+        if containers is not None:
+            return reject(
+                input_sha256, "", "too_many_containers",
+                f"event holds {containers} arrays and objects, over the limit of {MAX_ITEM_CONTAINERS}",
             )
         conn = batch.conn
         if conn.execute("SELECT 1 FROM events WHERE input_sha256 = ?", (input_sha256,)).fetchone():

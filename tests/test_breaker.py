@@ -37,6 +37,8 @@ from helpers import published_input, signed_event
 from node.dialpolicy import split_host_port
 from node.gossip import GossipSettings
 from node.peers import PeerLimits
+from node.session import ITEMS_FRAME_CONTAINERS, _item_batches
+from node.store import MAX_ITEM_CONTAINERS
 from protocol import (
     Connection,
     HelloReceived,
@@ -97,28 +99,39 @@ def padded_record_bundle(empty_arrays: int) -> dict[str, Any]:
     return emit_bundle(record, aliases, [], default_trust())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/session.py _item_server and protocol/frames.py _check_wire_value: a stored record with more than "
-    "65,536 arrays sends an items frame every peer rejects as invalid_frame, so the honest relay scores -40 per try and is banned",
-)
 @pytest.mark.trio
-async def test_padded_record_bans_relay(tmp_path: Path) -> None:
+async def test_padded_record_rejected_at_post(tmp_path: Path) -> None:
+    # A record that no frame could carry is refused where it enters, so no
+    # relay ever sends a frame that its peers must reject.
     bundle = padded_record_bundle(MAX_FRAME_CONTAINERS + 10)
     async with federation(tmp_path) as group:
         receiver = await group.start("receiver")
         relay = await group.start("relay", peers=(receiver.address,))
         await wait_for(lambda: len(receiver.gossip.sessions) == 1, START_SECONDS, "the relay connects")
         response = await post_json(relay.url, bundle)
-        # The relay announces the record at once and redials at once after
-        # each close, so three tries take well under the wait below.
-        with trio.move_on_after(6):
-            while not receiver.gossip.table.bans(trio.current_time()):
-                await trio.sleep(0.05)
+        stored = relay.service.store.stats().records
+        await trio.sleep(1.0)
         bans = [ban.subject for ban in receiver.gossip.table.bans(trio.current_time())]
 
-    assert response.status_code == 200
+    outcome = response.json()["outcomes"][0]
+    assert response.status_code == 422
+    assert (outcome["field"], outcome["code"]) == ("canonical_record", "too_many_containers")
+    # The padding plus the record's own 4 objects and arrays.
+    assert outcome["reason"] == f"the record holds 65550 arrays and objects, over the limit of {MAX_ITEM_CONTAINERS}"
+    assert stored == 0
     assert bans == []
+
+
+def test_item_batches_respect_container_budget() -> None:
+    # Five items of 16,000 containers: a frame takes four (64,000 <= 65,534).
+    found = [(bytes([number]) * 32, {"n": number}, 100, 16_000) for number in range(5)]
+    batches = _item_batches(found)
+    assert [[item["n"] for item in batch] for batch in batches] == [[0, 1, 2, 3], [4]]
+
+
+def test_item_over_frame_budget_left_out() -> None:
+    found = [(bytes(32), {"n": 0}, 100, ITEMS_FRAME_CONTAINERS + 1), (b"\x01" * 32, {"n": 1}, 100, 3)]
+    assert _item_batches(found) == [[{"n": 1}]]
 
 
 def test_full_items_frame_of_events_decodes() -> None:

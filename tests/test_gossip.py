@@ -182,8 +182,8 @@ def test_load_items_returns_stored_forms(store: Store, items: GossipStore) -> No
 
     loaded = items.load_items(requested)
 
-    assert [item_id for item_id, _, _ in loaded] == [*sorted(inputs), record_id]
-    for item_id, item, size in loaded[:2]:
+    assert [item_id for item_id, _, _, _ in loaded] == [*sorted(inputs), record_id]
+    for item_id, item, size, _ in loaded[:2]:
         assert canonical_bytes(item) == inputs[item_id]
         assert size == len(inputs[item_id])
     assert loaded[2][1] == record
@@ -200,7 +200,7 @@ def test_changed_aliases_change_record_id(store: Store, items: GossipStore) -> N
 
     assert new_id != old_id
     assert items.load_items([old_id]) == []
-    assert [item_id for item_id, _, _ in items.load_items([new_id])] == [new_id]
+    assert [item_id for item_id, _, _, _ in items.load_items([new_id])] == [new_id]
     assert items.missing([new_id]) == []
 
 

@@ -373,6 +373,18 @@ def test_oversized_event_rejected(store: Store) -> None:
     assert outcome.code == "event_too_large"
 
 
+def test_event_with_many_containers_rejected(store: Store) -> None:
+    hint = mirror_hint(SigningKey.generate(), PUBLISHED_SUBJECT)
+    hint["padding"] = [[] for _ in range(20_000)]
+    [outcome] = store.add_events([hint], "test", NOW)
+
+    assert outcome.status == Status.REJECTED
+    assert outcome.code == "too_many_containers"
+    # The padding, its 20,000 arrays, and the event's own 3 objects.
+    assert outcome.reason == "event holds 20004 arrays and objects, over the limit of 16384"
+    assert store.stats().events == 0
+
+
 def test_future_event_rejected(store: Store) -> None:
     store.add_state(published_state(), "fixture", NOW)
     key = SigningKey.generate()
