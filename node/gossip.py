@@ -104,6 +104,10 @@ class GossipSettings:
         flush_seconds: seconds to send a final error or bye frame.
         snapshot_max_age: seconds a snapshot is reused after the store
             changed, so that busy nodes do not rebuild it for every session.
+        fresh_snapshot_min_age: the first session on a new connection
+            rebuilds a snapshot that the store has outdated once it is this
+            many seconds old, so that a peer that reconnects over and over
+            forces at most one full rebuild per this interval.
         ingest_linger: seconds without new items after which the ingest
             worker stores what it has, unless requests are in flight.
         ingest_max_linger: the longest the ingest worker collects items
@@ -152,6 +156,7 @@ class GossipSettings:
     want_timeout: float = 60.0
     flush_seconds: float = 2.0
     snapshot_max_age: float = 5.0
+    fresh_snapshot_min_age: float = 1.0
     ingest_linger: float = 0.25
     ingest_max_linger: float = 10.0
     peer_exchange_interval: float = 300.0
@@ -213,6 +218,9 @@ GOSSIP_THREADS = 8
 # frame of one-byte empty arrays builds a million lists, about 80 MB until
 # it is rejected, so this also bounds that transient memory.
 DECODE_THREADS = 2
+# Item ids stored since the last snapshot that a fresh snapshot copies in
+# between rebuilds; beyond this, the next fresh request rebuilds instead.
+MAX_ADDED_SINCE_SNAPSHOT = 65_536
 
 
 async def _resolve(host: str, port: int, limiter: trio.CapacityLimiter) -> list[str]:
@@ -316,6 +324,8 @@ class GossipNode:
         self._claims: dict[bytes, PeerSession] = {}
         self._snapshot: Snapshot | None = None
         self._snapshot_time = 0.0
+        self._added_since_snapshot: list[bytes] = []
+        self._added_overflow = False
         self._snapshot_lock = trio.Lock()
         self._ingest_send, self._ingest_receive = trio.open_memory_channel[tuple[PeerSession, list[bytes], list[dict[str, Any]]]](
             INGEST_QUEUE_MESSAGES
@@ -697,20 +707,42 @@ class GossipNode:
     async def snapshot(self, *, fresh: bool = False) -> Snapshot:
         """Return the id snapshot for reconciliation, rebuilt when the store changed and the old one is old enough.
 
-        With ``fresh`` it is rebuilt whenever the store changed. The first
-        session on a new connection asks for that, because the node at the
-        other end may have been away and lack exactly the newest items.
+        With ``fresh`` it is rebuilt when the store changed and the snapshot
+        is at least ``fresh_snapshot_min_age`` old. The first session on a
+        new connection asks for that, because the node at the other end may
+        have been away and lack exactly the newest items.
         """
         async with self._snapshot_lock:
             now = trio.current_time()
             current = self._snapshot
             stale = current is not None and current.generation != self.store.generation
-            if current is None or (stale and (fresh or now - self._snapshot_time >= self.settings.snapshot_max_age)):
+            age = now - self._snapshot_time
+            max_age = min(self.settings.fresh_snapshot_min_age, self.settings.snapshot_max_age) if fresh else self.settings.snapshot_max_age
+            if current is None or (stale and age >= max_age):
                 started = time.perf_counter()
+                # Ids added before the build began are in the new snapshot.
+                added = len(self._added_since_snapshot)
                 current = await self.in_thread(self.store.build_snapshot)
                 self._snapshot, self._snapshot_time = current, now
+                del self._added_since_snapshot[:added]
+                self._added_overflow = False
                 logger.debug("built an id snapshot of %d items (%d events) in %.3f s", len(current.ids), current.event_count, time.perf_counter() - started)
+            elif fresh and stale and self._added_since_snapshot and not self._added_overflow:
+                # Too soon for another rebuild: the ids this node stored
+                # since are added to a copy, so the new peer still sees them.
+                ids = await self.in_thread(current.ids.with_added, list(self._added_since_snapshot))
+                return Snapshot(ids, current.records, current.event_count, current.generation)
             return current
+
+    def _note_added(self, ids: Sequence[bytes]) -> None:
+        """Remember item ids stored since the last snapshot, for fresh snapshots between rebuilds."""
+        if self._added_overflow:
+            return
+        self._added_since_snapshot.extend(ids)
+        if len(self._added_since_snapshot) > MAX_ADDED_SINCE_SNAPSHOT:
+            # Too many to copy in; the next fresh request rebuilds instead.
+            self._added_since_snapshot.clear()
+            self._added_overflow = True
 
     # --- ingest --------------------------------------------------------------
 
@@ -806,6 +838,7 @@ class GossipNode:
             entry_ids = await self.in_thread(self.store.record_entry_ids, record_subjects)
             new_ids.extend(entry_ids.values())
             hint_subjects |= record_subjects
+        self._note_added(new_ids)
         self.announce(new_ids, exclude=session)
         if hint_subjects:
             self._add_hints(await self.in_thread(self.store.hint_addresses, hint_subjects))
@@ -860,6 +893,7 @@ class GossipNode:
             if records:
                 entry_ids = await self.in_thread(self.store.record_entry_ids, records)
                 ids.extend(entry_ids.values())
+            self._note_added(ids)
             self.announce(ids)
             self._add_hints(await self.in_thread(self.store.hint_addresses, subjects | records))
         except StoreError:

@@ -116,6 +116,29 @@ class PackedIds:
                 high = middle
         return low
 
+    def with_added(self, ids: Iterable[bytes]) -> PackedIds:
+        """Return a copy that also holds ``ids``; ids already held are skipped.
+
+        Cost: one copy of the packed bytes plus a binary search per new id.
+        """
+        data = self._data
+        parts: list[bytes] = []
+        start = 0
+        for item in sorted(set(ids)):
+            if type(item) is not bytes or len(item) != ITEM_ID_BYTES:
+                raise ValueError(f"an id must be {ITEM_ID_BYTES} bytes, got {item!r}")
+            index = self.bisect_left(item)
+            if index < self._count and self.id_at(index) == item:
+                continue
+            offset = index * ITEM_ID_BYTES
+            parts.append(data[start:offset])
+            parts.append(item)
+            start = offset
+        if not parts:
+            return self
+        parts.append(data[start:])
+        return PackedIds(b"".join(parts))
+
     def id_at(self, index: int) -> bytes:
         """Return the id at ``index`` in ascending order."""
         if not 0 <= index < self._count:
