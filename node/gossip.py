@@ -411,7 +411,10 @@ class GossipNode:
     async def _dialer(self) -> None:
         while True:
             now = trio.current_time()
+            # Dialled connections still in their handshake count as outbound,
+            # or slow handshakes would let the dialer overshoot its target.
             outbound = sum(1 for session in self.sessions.values() if session.initiated)
+            outbound += sum(1 for session in self.handshaking if session.initiated)
             free = min(
                 self.settings.max_connected_peers - len(self.sessions),
                 self.settings.target_outbound_peers - outbound,
@@ -505,6 +508,11 @@ class GossipNode:
             # another address, so it gets this node's peers before the error.
             self._send_peers(session)
             return f"peer limit reached ({self.settings.max_connected_peers} connected)"
+        elif not session.initiated and self._inbound_count() >= self._max_inbound():
+            # Inbound peers may not take the slots this node dials, or one
+            # host with many keys could cut it off from everyone else.
+            self._send_peers(session)
+            return f"inbound peer limit reached ({self._max_inbound()} inbound)"
 
         now = trio.current_time()
         self.sessions[key] = session
@@ -620,10 +628,24 @@ class GossipNode:
         if added:
             self.wake_dialer()
 
+    def _inbound_count(self) -> int:
+        return sum(1 for other in self.sessions.values() if not other.initiated)
+
+    def _max_inbound(self) -> int:
+        return max(1, self.settings.max_connected_peers - self.settings.target_outbound_peers)
+
     def _send_peers(self, session: PeerSession) -> None:
-        addresses = [
-            other.listen for other in self.sessions.values() if other is not session and other.listen and other.listen != session.listen
-        ][:64]
+        """Send ``session`` the gossip addresses of the other connected peers that the dial policy accepts."""
+        addresses = []
+        for other in self.sessions.values():
+            if other is session or not other.listen or other.listen == session.listen:
+                continue
+            # A peer's hello names any address it likes; pass on only those
+            # this node would dial itself.
+            if self.table.policy.check_peer(other.listen).allowed:
+                addresses.append(other.listen)
+            if len(addresses) == 64:
+                break
         session.send_control(lambda conn: conn.send_peers(addresses))
 
     def record_reconciliation(self, session: PeerSession, result: ReconcileResult) -> None:
@@ -852,10 +874,17 @@ class GossipNode:
         self.metrics.items_received.labels(outcome="rejected").inc(rejected)
         self.metrics.items_received.labels(outcome="duplicate").inc(max(0, received - accepted - rejected))
 
-    def fetch_room(self) -> int:
-        """Return how many more ids may be queued for requests before the fetch backlog is full."""
-        queued = sum(session.fetch_backlog for session in self.sessions.values())
-        return max(0, self.settings.max_fetch_backlog - queued)
+    def fetch_room(self, session: PeerSession) -> int:
+        """Return how many more ids may be queued for requests to ``session``.
+
+        One peer may hold at most a quarter of ``max_fetch_backlog``,
+        queued or requested (plus the chunk of up to 1,024 ids that its
+        fetcher is checking), so a peer that names ids and never answers
+        cannot leave the others without room.
+        """
+        queued = sum(other.fetch_backlog for other in self.sessions.values())
+        share = self.settings.max_fetch_backlog // 4 - session.fetch_backlog - session.claimed
+        return max(0, min(self.settings.max_fetch_backlog - queued, share))
 
     # --- push ----------------------------------------------------------------
 

@@ -220,7 +220,7 @@ class Reconciliations:
             # Ids found before a timeout or failure are real differences
             # too, so they are fetched whatever the outcome. Ids beyond the
             # node's fetch backlog are left to a later session.
-            room = self.session.node.fetch_room()
+            room = self.session.node.fetch_room(self.session)
             if room < len(need):
                 logger.info(
                     "queued %d of %d ids found in reconciliation %d with %s; the fetch backlog is full and a later session finds the rest",

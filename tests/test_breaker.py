@@ -156,11 +156,6 @@ def test_full_items_frame_of_events_decodes() -> None:
 # --- connection slots ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/gossip.py register: inbound sessions may take every one of max_connected_peers slots, so a host "
-    "with many keys leaves no room for target_outbound_peers and the node never dials the peers it learns",
-)
 @pytest.mark.trio
 async def test_inbound_flood_keeps_outbound_room(tmp_path: Path, published_store: Path) -> None:
     limits = settings(max_connected_peers=4, target_outbound_peers=2)
@@ -223,11 +218,6 @@ class SlowResponders:
         return handle
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/gossip.py _dialer: dialled connections still in their handshake count neither as outbound sessions "
-    "nor in _dialling, so each dial_interval dials target_outbound_peers more and the target is exceeded",
-)
 @pytest.mark.trio
 async def test_outbound_target_not_exceeded(tmp_path: Path) -> None:
     responders = SlowResponders(delay=0.6)
@@ -249,11 +239,6 @@ async def test_outbound_target_not_exceeded(tmp_path: Path) -> None:
 # --- peer exchange ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/gossip.py _send_peers: it forwards the hello listen address of every connected peer unchecked, "
-    "so a full node hands a newcomer an address its own dial policy rejected",
-)
 @pytest.mark.trio
 async def test_full_node_forwards_no_forbidden_address(tmp_path: Path) -> None:
     async with federation(tmp_path) as group:
@@ -277,11 +262,6 @@ async def test_full_node_forwards_no_forbidden_address(tmp_path: Path) -> None:
 # --- fetch backlog and reconciliation -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/sync.py Reconciliations._finish and node/gossip.py fetch_room: one peer's unanswered fake ids may fill "
-    "the whole max_fetch_backlog, so sessions with honest peers queue 0 ids until that peer times out",
-)
 @pytest.mark.trio
 async def test_liar_cannot_fill_fetch_backlog(tmp_path: Path, published_store: Path) -> None:
     limits = settings(reconcile_need_limit=2048, max_fetch_backlog=8192)
@@ -292,10 +272,9 @@ async def test_liar_cannot_fill_fetch_backlog(tmp_path: Path, published_store: P
         # Each session names 4,096 ids the liar never sends; the node stops
         # each one early and queues what it found, and the liar replies to no want.
         for number in range(6):
-            if node.gossip.fetch_room() == 0:
-                break
             await liar.lie_in_reconciliation(random_ids(4096, f"backlog {number}"), session=2 * number)
-        room = node.gossip.fetch_room()
+        liar_session = next(iter(node.gossip.sessions.values()))
+        liar_queue = liar_session.fetch_backlog + liar_session.claimed
         honest = await group.start("honest", store_file=published_store, peers=(node.address,))
         with trio.move_on_after(4):
             while node.state_sha256() != PUBLISHED_STATE_SHA256:
@@ -305,7 +284,9 @@ async def test_liar_cannot_fill_fetch_backlog(tmp_path: Path, published_store: P
         await liar.close()
 
     honest_fingerprint = honest.gossip.fingerprint
-    assert room == 0
+    # One peer may hold a quarter of the backlog of 8,192 ids, plus the one
+    # chunk of 1,024 ids between its queue and its claims.
+    assert liar_queue <= 2048 + 1024
     assert any(result["peer"] == honest_fingerprint for result in results)
     assert synced == PUBLISHED_STATE_SHA256
 
@@ -375,12 +356,6 @@ async def test_want_window_reply_not_penalized(tmp_path: Path, published_store: 
     assert server_key not in bans
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/gossip_store.py load_items and node/gossip.py snapshot: after a record's aliases change, an honest "
-    "peer's reused snapshot still names the old record entry id, which it can no longer serve, so every later session "
-    "costs it Penalty.UNDELIVERED at the requester for as long as the snapshot is reused",
-)
 @pytest.mark.trio
 async def test_alias_change_not_penalized(tmp_path: Path, published_store: Path) -> None:
     published = published_input()

@@ -220,6 +220,9 @@ class RawPeer:
         self.stream = stream
         self.key = SigningKey.from_label(label)
         self.conn = Connection(Role.INITIATOR, self.key, MergeProfile.from_trust(default_trust()))
+        # Events read after the one an events_until call stopped at; the
+        # next call returns them first.
+        self._left: list[ConnectionEvent] = []
 
     @classmethod
     async def open(cls, address: str, label: str) -> RawPeer:
@@ -238,14 +241,18 @@ class RawPeer:
         seen: list[ConnectionEvent] = []
         with trio.fail_after(seconds):
             while not seen or not done(seen[-1]):
-                batch = await self.events()
-                if not batch and self.conn.closed:
-                    break
-                for event in batch:
+                if self._left:
+                    batch, self._left = self._left, []
+                else:
+                    batch = await self.events()
+                    if not batch and self.conn.closed:
+                        break
+                for position, event in enumerate(batch):
                     seen.append(event)
                     if type(event).__name__ == "HelloReceived" and not self.conn.closed:
                         await self.stream.send_all(self.conn.send_auth())
                     if done(event):
+                        self._left = batch[position + 1 :]
                         return seen
         return seen
 

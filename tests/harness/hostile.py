@@ -124,6 +124,8 @@ class HostilePeer:
         # Whether reads answer the node's hello with our auth; a trickled
         # hello must not be interleaved with an auth frame.
         self.answer_hello = True
+        # Events read after the one a read_until call stopped at.
+        self._left: list[ConnectionEvent] = []
 
     @classmethod
     async def open(cls, address: str, label: str, *, local_host: str | None = None, profile: MergeProfile | None = None) -> HostilePeer:
@@ -173,8 +175,11 @@ class HostilePeer:
         seen: list[ConnectionEvent] = []
         with trio.fail_after(seconds):
             while True:
-                batch = await self.read()
-                for event in batch:
+                if self._left:
+                    batch, self._left = self._left, []
+                else:
+                    batch = await self.read()
+                for position, event in enumerate(batch):
                     seen.append(event)
                     await self._answer(event)
                     if on_event is not None:
@@ -182,8 +187,10 @@ class HostilePeer:
                         if hasattr(result, "__await__"):
                             await result
                     if done(event) or ended(event):
+                        # Later events of the same chunk go to the next call.
+                        self._left = batch[position + 1 :]
                         return seen
-                if self.conn.closed:
+                if self.conn.closed and not self._left:
                     return seen
 
     async def _answer(self, event: ConnectionEvent) -> None:
