@@ -104,10 +104,10 @@ class GossipSettings:
         flush_seconds: seconds to send a final error or bye frame.
         snapshot_max_age: seconds a snapshot is reused after the store
             changed, so that busy nodes do not rebuild it for every session.
-        fresh_snapshot_min_age: the first session on a new connection
-            rebuilds a snapshot that the store has outdated once it is this
-            many seconds old, so that a peer that reconnects over and over
-            forces at most one full rebuild per this interval.
+        fresh_snapshot_min_age: the minimum age, in seconds, at which the
+            first session on a new connection rebuilds an outdated snapshot.
+            A peer that reconnects over and over then forces at most one
+            full rebuild per interval.
         ingest_linger: seconds without new items after which the ingest
             worker stores what it has, unless requests are in flight.
         ingest_max_linger: the longest the ingest worker collects items
@@ -731,7 +731,7 @@ class GossipNode:
 
         With ``fresh`` it is rebuilt when the store changed and the snapshot
         is at least ``fresh_snapshot_min_age`` old. The first session on a
-        new connection asks for that, because the node at the other end may
+        new connection requests that, because the node at the other end may
         have been away and lack exactly the newest items.
         """
         async with self._snapshot_lock:
@@ -751,7 +751,7 @@ class GossipNode:
                 logger.debug("built an id snapshot of %d items (%d events) in %.3f s", len(current.ids), current.event_count, time.perf_counter() - started)
             elif fresh and stale and self._added_since_snapshot and not self._added_overflow:
                 # Too soon for another rebuild: the ids this node stored
-                # since are added to a copy, so the new peer still sees them.
+                # since are added to a copy, so the new peer still gets them.
                 ids = await self.in_thread(current.ids.with_added, list(self._added_since_snapshot))
                 return Snapshot(ids, current.records, current.event_count, current.generation)
             return current
@@ -879,7 +879,7 @@ class GossipNode:
 
         One peer may hold at most a quarter of ``max_fetch_backlog``,
         queued or requested (plus the chunk of up to 1,024 ids that its
-        fetcher is checking), so a peer that names ids and never answers
+        fetcher is checking), so a peer that names ids and never replies
         cannot leave the others without room.
         """
         queued = sum(other.fetch_backlog for other in self.sessions.values())

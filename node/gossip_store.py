@@ -117,7 +117,7 @@ class PackedIds:
         return low
 
     def with_added(self, ids: Iterable[bytes]) -> PackedIds:
-        """Return a copy that also holds ``ids``; ids already held are skipped.
+        """Return a copy with ``ids`` added; ids already present are skipped.
 
         Cost: one copy of the packed bytes plus a binary search per new id.
         """

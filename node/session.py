@@ -646,7 +646,10 @@ def _item_batches(found: list[tuple[bytes, dict[str, Any], int, int]]) -> list[l
     containers = 0
     for item_id, item, item_size, item_containers in found:
         if item_containers > ITEMS_FRAME_CONTAINERS:
-            logger.error("item %s holds up to %d arrays and objects, more than one frame may carry; not sent", item_id.hex(), item_containers)
+            logger.error(
+                "item %s not sent: it has up to %d arrays and objects, over the %d one frame may carry",
+                item_id.hex(), item_containers, ITEMS_FRAME_CONTAINERS,
+            )
             continue
         full = len(batches[-1]) >= MAX_ITEMS or size + item_size > ITEMS_FRAME_BUDGET or containers + item_containers > ITEMS_FRAME_CONTAINERS
         if batches[-1] and full:
