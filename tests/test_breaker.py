@@ -269,8 +269,8 @@ async def test_liar_cannot_fill_fetch_backlog(tmp_path: Path, published_store: P
         node = await group.start("node", settings=limits)
         liar = await HostilePeer.open(node.address, "backlog-liar", local_host="127.67.1.1")
         await liar.handshake()
-        # Each session names 4,096 ids the liar never sends; the node stops
-        # each one early and queues what it found, and the liar replies to no want.
+        # Each session names 4,096 ids the liar never sends. The node stops
+        # each session early and queues what it found, and no want is answered.
         for number in range(6):
             await liar.lie_in_reconciliation(random_ids(4096, f"backlog {number}"), session=2 * number)
         liar_session = next(iter(node.gossip.sessions.values()))
