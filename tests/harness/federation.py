@@ -29,6 +29,7 @@ from node.daemon import run_daemon
 from node.demo import FIXTURE_SUBJECT_SUFFIX, fixture_path
 from node.dialpolicy import split_host_port
 from node.gossip import GossipNode, GossipSettings
+from node.localnet import LocalNode
 from node.service import MirrorService
 from node.store import STORE_FILENAME, Store
 from protocol import (
@@ -83,28 +84,15 @@ def now_text() -> str:
 
 
 @dataclass
-class Node:
-    """One running daemon and what its gossip node dialled and resolved."""
+class Node(LocalNode):
+    """One running daemon, its data directory, and what its gossip node dialled and resolved."""
 
-    name: str
-    data_dir: Path
-    service: MirrorService
-    url: str
+    data_dir: Path = Path()
     dialled: list[tuple[str, int]] = field(default_factory=list)
     resolved: list[tuple[str, int]] = field(default_factory=list)
 
-    @property
-    def gossip(self) -> GossipNode:
-        assert self.service.gossip is not None
-        return self.service.gossip
-
-    @property
-    def address(self) -> str:
-        assert self.gossip.listen_address is not None
-        return self.gossip.listen_address
-
     def state_sha256(self, subject: str = SUBJECT) -> str | None:
-        return self.service.store.get_state_sha256(subject)
+        return super().state_sha256(subject)
 
     def all_states(self) -> dict[str, str]:
         return self.service.store.state_hashes()
@@ -173,7 +161,7 @@ class Federation:
         )
         with trio.fail_after(START_SECONDS):
             await ready.wait()
-        node = Node(name, data_dir, started["service"], started["url"], dialled, resolved)
+        node = Node(name, started["service"], started["url"], data_dir, dialled, resolved)
         self.nodes.append(node)
         return node
 
