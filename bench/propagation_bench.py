@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -54,7 +53,7 @@ from node.demo import FIXTURE_SUBJECT_SUFFIX, fixture_path
 from node.gossip import GossipSettings
 from node.localnet import LocalFederation, LocalNode, wait_until
 from node.store import STORE_FILENAME, Store
-from protocol import SigningKey, build_event, format_timestamp, read_document
+from protocol import SigningKey, build_event, format_timestamp, item_id, read_document
 
 __all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "Trial", "main", "run", "run_smoke"]
 
@@ -115,11 +114,6 @@ def _published_store(directory: Path) -> Path:
     return directory / STORE_FILENAME
 
 
-def _item_id(event: dict) -> bytes:
-    # The id a node gives an item: sha256 of its compact JSON with sorted keys.
-    return hashlib.sha256(json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).digest()
-
-
 def _new_event(key: SigningKey, number: int) -> dict:
     return build_event(
         key,
@@ -152,7 +146,7 @@ async def _build_mesh(group: LocalFederation, size: int, store_file: Path, rng: 
 
 
 async def _spread(nodes: list[LocalNode], origin: int, event: dict, mode: str, client: httpx.AsyncClient) -> Trial:
-    item = _item_id(event)
+    item = item_id(event)
     announced_before = sum(node.gossip.counters["ids_announced"] for node in nodes)
     response = await client.post(f"{nodes[origin].url}/events", content=json.dumps(event).encode(), headers={"content-type": "application/json"})
     if response.status_code != 200:

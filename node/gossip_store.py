@@ -35,7 +35,7 @@ from typing import Any
 
 from protocol import InvalidInput, TrustConfig, canonical_bytes, emit_bundle
 
-from .store import Store
+from .store import Store, container_bound
 
 __all__ = [
     "ITEM_ID_BYTES",
@@ -185,11 +185,6 @@ class HintAddress:
     signer: str
     subject: str
     event_id: str
-
-
-def _container_bound(encoded: bytes) -> int:
-    """Return an upper bound on the arrays and objects in canonical JSON: its ``[`` and ``{`` bytes."""
-    return encoded.count(b"[") + encoded.count(b"{")
 
 
 def _alias_entry(kind: str, value: str, created_at: str | None) -> dict[str, Any]:
@@ -361,7 +356,7 @@ class GossipStore:
                 placeholders = ",".join("?" * len(chunk))
                 query = f"SELECT input_sha256, raw_json FROM events WHERE input_sha256 IN ({placeholders}) AND excluded = 0"
                 for text, raw_json in conn.execute(query, chunk):
-                    found[bytes.fromhex(text)] = (json.loads(raw_json), len(raw_json), _container_bound(raw_json))
+                    found[bytes.fromhex(text)] = (json.loads(raw_json), len(raw_json), container_bound(raw_json))
             for item_id in ids:
                 if item_id in found:
                     continue
@@ -394,7 +389,7 @@ class GossipStore:
             # The aliases changed since the id was computed; the current
             # entry has another id, which the next snapshot carries.
             return None
-        return record_entry(json.loads(record_json), aliases), len(encoded), _container_bound(encoded)
+        return record_entry(json.loads(record_json), aliases), len(encoded), container_bound(encoded)
 
     def record_entry_ids(self, subjects: Iterable[str]) -> dict[str, bytes]:
         """Return the current record entry id of each stored subject and remember them as known."""

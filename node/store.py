@@ -419,10 +419,17 @@ def _alias_entry(kind: str, value: str, created_at: str | None) -> dict[str, Any
 MAX_ITEM_CONTAINERS = 16_384
 
 
+def container_bound(encoded: bytes) -> int:
+    """Return an upper bound on the arrays and objects in canonical JSON: its ``[`` and ``{`` bytes.
+
+    Brackets inside strings count too, so the bound is cheap and never low.
+    """
+    return encoded.count(b"[") + encoded.count(b"{")
+
+
 def _too_many_containers(encoded: bytes) -> int | None:
     """Return the number of arrays and objects in canonical JSON ``encoded`` when it is over MAX_ITEM_CONTAINERS, else None."""
-    # Brackets inside strings count too, so this bound is cheap and never low.
-    if encoded.count(b"[") + encoded.count(b"{") <= MAX_ITEM_CONTAINERS:
+    if container_bound(encoded) <= MAX_ITEM_CONTAINERS:
         return None
     count = 0
     stack = [json.loads(encoded)]
@@ -1133,13 +1140,13 @@ class Store:
         conn.execute("SAVEPOINT document")
         try:
             if new_subject:
-                outcome, waiting = self._ingest_checked(batch, merge_input)
+                outcome, waiting = self._ingest_checked(batch, merge_input, record_json)
             else:
                 try:
-                    outcome, waiting = self._ingest_merged(batch, merge_input)
+                    outcome, waiting = self._ingest_merged(batch, merge_input, record_json)
                 except _NeedsFullChecks:
                     conn.execute("ROLLBACK TO document")
-                    outcome, waiting = self._ingest_checked(batch, merge_input)
+                    outcome, waiting = self._ingest_checked(batch, merge_input, record_json)
         except sqlite3.IntegrityError as error:
             conn.execute("ROLLBACK TO document")
             conn.execute("RELEASE document")
@@ -1159,14 +1166,14 @@ class Store:
         self._log_rejection(batch, document, subject, None, "canonical_record", "record_conflict", reason, kind)
         return DocumentOutcome(Status.REJECTED, subject, field="canonical_record", code="record_conflict", reason=reason)
 
-    def _ingest_checked(self, batch: _Batch, merge_input: MergeInput) -> tuple[DocumentOutcome, int]:
+    def _ingest_checked(self, batch: _Batch, merge_input: MergeInput, record_json: bytes) -> tuple[DocumentOutcome, int]:
         """Store a document's record, aliases and events, checking each event on its own.
 
         The subject is merged when the batch finishes. Returns the outcome
         and the number of pending events the new record released.
         """
         subject = merge_input.pith_number
-        record_status, waiting, _ = self._store_record(batch, merge_input)
+        record_status, waiting = self._store_record(batch, merge_input, record_json)
         aliases_changed = self._store_aliases(batch, subject, merge_input.aliases)
         events = tuple(self._ingest_event(batch, raw, index, subject) for index, raw in enumerate(merge_input.events))
         if record_status == Status.ACCEPTED or aliases_changed:
@@ -1233,7 +1240,7 @@ class Store:
         batch.merged[subject] = str(state["state_sha256"])
         return DocumentOutcome(Status.ACCEPTED, subject, outcomes)
 
-    def _ingest_merged(self, batch: _Batch, merge_input: MergeInput) -> tuple[DocumentOutcome, int]:
+    def _ingest_merged(self, batch: _Batch, merge_input: MergeInput, record_json: bytes) -> tuple[DocumentOutcome, int]:
         """Store a document of a subject that has a record or pending events, and merge the subject at once.
 
         Runs inside the document's savepoint, because the merge runs after
@@ -1243,7 +1250,7 @@ class Store:
         conn = batch.conn
         subject = merge_input.pith_number
         outcomes, rows, _ = self._stage_events(batch, merge_input.events, subject, new_subject=False)
-        record_status, waiting, _ = self._store_record(batch, merge_input)
+        record_status, waiting = self._store_record(batch, merge_input, record_json)
         aliases_changed = self._store_aliases(batch, subject, merge_input.aliases)
         self._insert_event_rows(conn, rows)
         outcome = DocumentOutcome(record_status, subject, outcomes)
@@ -1388,17 +1395,16 @@ class Store:
         check_aliases(merge_input.aliases, merge_input.pith_number, merge_input.record, field="current.source_aliases")
         return merge_input
 
-    def _store_record(self, batch: _Batch, merge_input: MergeInput) -> tuple[Status, int, bytes]:
-        """Insert the document's record unless stored; return its status, the pending events it released and its JSON."""
-        encoded = _record_json(merge_input.record)
-        if not self._insert_record(batch, merge_input, encoded):
-            return Status.DUPLICATE, 0, encoded
+    def _store_record(self, batch: _Batch, merge_input: MergeInput, record_json: bytes) -> tuple[Status, int]:
+        """Insert the document's record (``record_json`` is its canonical JSON) unless stored; return its status and the pending events it released."""
+        if not self._insert_record(batch, merge_input, record_json):
+            return Status.DUPLICATE, 0
         waiting = 0
         if batch.pending_events_exist:
             waiting = batch.conn.execute(
                 "UPDATE events SET pending = 0 WHERE subject = ? AND pending = 1", (merge_input.pith_number,)
             ).rowcount
-        return Status.ACCEPTED, waiting, encoded
+        return Status.ACCEPTED, waiting
 
     @staticmethod
     def _insert_record(batch: _Batch, merge_input: MergeInput, encoded: bytes) -> bool:

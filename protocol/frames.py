@@ -64,7 +64,7 @@ MAX_FRAME_DEPTH = DEFAULT_LIMITS.max_depth + 2
 # Arrays and maps in one frame. Each costs a walk step, and an empty one a
 # single byte, so a 1 MiB frame of a million empty arrays took 1.6 s to
 # reject. The published records and state have at least 67 bytes of JSON per
-# container, so a full frame of real items holds about 16,000.
+# container, so a full frame of real items contains about 16,000.
 MAX_FRAME_CONTAINERS = 65_536
 
 
@@ -311,7 +311,9 @@ def _check_wire_value(value: Any) -> None:
     # An explicit stack instead of recursion, so a deep value cannot raise
     # RecursionError before the depth check reaches it.
     stack: list[tuple[Any, int, _Location]] = [(value, 1, None)]
-    containers = 0
+    # Each array or map is counted when its parent is visited, before it is
+    # pushed, so a frame of a million empty arrays stops after one step.
+    containers = 1 if type(value) in _CONTAINER_TYPES else 0
     while stack:
         item, depth, location = stack.pop()
         kind = type(item)
@@ -325,16 +327,11 @@ def _check_wire_value(value: Any) -> None:
         elif kind is dict or kind is list:
             if depth > MAX_FRAME_DEPTH:
                 raise WireError(_path_of(location), f"nesting is deeper than {MAX_FRAME_DEPTH} levels")
-            containers += 1
-            if containers > MAX_FRAME_CONTAINERS:
-                raise WireError("frame", f"frame holds more than {MAX_FRAME_CONTAINERS} arrays and maps")
             if _scalar_members_valid(item.values() if kind is dict else item):
                 continue
-            # Counted in C before the members are pushed, so that a frame of
-            # a million empty arrays stops here and not after a million steps.
-            nested = sum(map(_CONTAINER_TYPES.__contains__, map(type, item.values() if kind is dict else item)))
-            if containers + nested > MAX_FRAME_CONTAINERS:
-                raise WireError("frame", f"frame holds more than {MAX_FRAME_CONTAINERS} arrays and maps")
+            containers += sum(map(_CONTAINER_TYPES.__contains__, map(type, item.values() if kind is dict else item)))
+            if containers > MAX_FRAME_CONTAINERS:
+                raise WireError("frame", f"frame contains more than {MAX_FRAME_CONTAINERS} arrays and maps")
             if kind is dict:
                 members = list(item.items())
                 for key, member in reversed(members):

@@ -25,7 +25,6 @@ from harness.federation import (
     ended,
     federation,
     get_json,
-    item_id,
     now_text,
     post_event,
     wait_for,
@@ -51,6 +50,7 @@ from protocol import (
     SigningKey,
     default_trust,
     emit_bundle,
+    item_id,
     merge,
 )
 from protocol.frames import encode_frame

@@ -538,7 +538,7 @@ def test_million_empty_arrays_rejected() -> None:
         decode_payload(payload)
 
     assert raised.value.field == "frame"
-    assert str(raised.value.reason) == f"frame holds more than {MAX_FRAME_CONTAINERS} arrays and maps"
+    assert str(raised.value.reason) == f"frame contains more than {MAX_FRAME_CONTAINERS} arrays and maps"
 
 
 def test_containers_at_limit_accepted() -> None:

@@ -37,7 +37,6 @@ from harness.federation import (
     Node,
     build_published_store,
     federation,
-    item_id,
     post_event,
     wait_for,
 )
@@ -45,6 +44,7 @@ from helpers import signed_event
 
 from node.gossip import GossipSettings
 from node.peers import PeerLimits, PeerState
+from protocol import item_id
 
 CITED_RECORD = "pith:2011:KVP6JX7SJ7DKL2CBULRPI6KYU3"
 NODES = 5

@@ -8,7 +8,6 @@ query anywhere but loopback. Every wait is bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -197,10 +196,6 @@ async def get_json(node: Node, path: str) -> Any:
         response = await client.get(path)
     assert response.status_code == 200
     return response.json()
-
-
-def item_id(event: dict[str, Any]) -> bytes:
-    return hashlib.sha256(json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).digest()
 
 
 class RawPeer:
