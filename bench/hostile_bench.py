@@ -225,7 +225,7 @@ class Attacker:
         self.outcomes.setdefault(attack, Counter())[outcome] += 1
 
     async def connect(self, handshake: bool = True, local_host: str | None = None) -> tuple[HostilePeer | None, str]:
-        """Open a connection; with ``handshake``, return (peer, "") when it completed, else (None, why)."""
+        """Open a connection; with ``handshake``, return (peer, "") when it completed, else (None, reason)."""
         try:
             peer = await HostilePeer.open(self.address, self.label, local_host=local_host or self.local_host)
         except OSError as error:
@@ -281,9 +281,9 @@ class Attacker:
 
     async def _trickle_forever(self, stop: trio.Event) -> None:
         while not stop.is_set():
-            peer, why = await self.connect(handshake=False, local_host=self.trickle_host)
+            peer, reason = await self.connect(handshake=False, local_host=self.trickle_host)
             if peer is None:
-                self.note("trickled handshake", why)
+                self.note("trickled handshake", reason)
                 await trio.sleep(0.5)
                 continue
             try:
@@ -296,9 +296,9 @@ class Attacker:
                 await peer.close()
 
     async def _session(self, body: Any) -> str:
-        peer, why = await self.connect()
+        peer, reason = await self.connect()
         if peer is None:
-            return why
+            return reason
         try:
             return await body(peer)
         finally:
@@ -347,9 +347,9 @@ class Attacker:
     async def _replay(self) -> str:
         if not self.recorded:
             return "nothing recorded yet"
-        peer, why = await self.connect(handshake=False)
+        peer, reason = await self.connect(handshake=False)
         if peer is None:
-            return why
+            return reason
         try:
             events = await peer.replay(self.recorded)
             return _describe(events[-1]) if events else "no answer"
@@ -389,9 +389,9 @@ class Attacker:
         return await self._frame(lambda peer: peer.reconcile_garbage(b"\xff" * 40))
 
     async def _forbidden_peers(self) -> str:
-        peer, why = await self.connect(handshake=False)
+        peer, reason = await self.connect(handshake=False)
         if peer is None:
-            return why
+            return reason
         try:
             final = await peer.handshake(listen="169.254.169.254:9090")
             if not isinstance(final, PeerAuthenticated):
@@ -402,9 +402,9 @@ class Attacker:
             await peer.close()
 
     async def _pre_handshake(self) -> str:
-        peer, why = await self.connect(handshake=False)
+        peer, reason = await self.connect(handshake=False)
         if peer is None:
-            return why
+            return reason
         try:
             events = await peer.send_payload(b"\xc1")
             return _describe(events[-1]) if events else "no answer"

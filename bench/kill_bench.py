@@ -17,7 +17,7 @@ gossip address as a seed. Three kinds of trial:
   event that daemon acknowledged is present). The daemon is restarted on the
   same store and ports, and the trial waits until every node has the same
   state hash for every subject and every event acknowledged so far. An event
-  counts as acknowledged when ``POST /events`` answered 200 with
+  counts as acknowledged when ``POST /events`` returned 200 with
   ``accepted``; the event in flight at the kill is not counted;
 * import: ``pith-mirror import`` of one bundle file per record into a new
   store is killed after a random delay. The store must open, pass
@@ -77,7 +77,7 @@ SCRIPT = Path(sysconfig.get_path("scripts")) / "pith-mirror"
 READY_LINE = "serving HTTP on "
 START_SECONDS = 20.0
 STOP_SECONDS = 10.0
-# The longest wait for a federation to reconverge after a restart. A node
+# The maximum wait for a federation to reconverge after a restart. A node
 # that missed a reconciliation on redial gets another within the default
 # anti-entropy interval (30 s, times up to 1.25).
 CONVERGE_SECONDS = 120.0
@@ -220,11 +220,11 @@ class StoreView:
     mismatched: list[str] = field(default_factory=list)
 
 
-def read_store(data_dir: Path, wanted: Sequence[str], verify: bool = False) -> StoreView:
-    """Open a store read-only (a daemon may be running on it) and return which of ``wanted`` it lacks."""
+def read_store(data_dir: Path, expected: Sequence[str], verify: bool = False) -> StoreView:
+    """Open a store read-only (a daemon may be running on it) and return which of ``expected`` it lacks."""
     with Store(data_dir, read_only=True) as store:
         hashes = store.state_hashes()
-        missing = [sha for sha in wanted if store.get_event(sha) is None]
+        missing = [sha for sha in expected if store.get_event(sha) is None]
         mismatched = store.verify_all() if verify else []
     return StoreView(hashes, missing, mismatched)
 
@@ -287,15 +287,15 @@ class GossipTrial:
     unexpected: list[str]
 
 
-def wait_converged(daemons: list[Daemon], wanted: list[str], seconds: float) -> tuple[float | None, int]:
-    """Poll the stores until they contain the same states and every wanted id.
+def wait_converged(daemons: list[Daemon], expected: list[str], seconds: float) -> tuple[float | None, int]:
+    """Poll the stores until they contain the same states and every expected id.
 
-    Returns the seconds it took (None on timeout) and the number of wanted ids still missing.
+    Returns the seconds it took (None on timeout) and the number of expected ids still missing.
     """
     started = time.monotonic()
     views: list[StoreView] = []
     while time.monotonic() - started < seconds:
-        views = [read_store(daemon.data_dir, wanted) for daemon in daemons]
+        views = [read_store(daemon.data_dir, expected) for daemon in daemons]
         if all(not view.missing for view in views) and all(view.hashes == views[0].hashes for view in views):
             return time.monotonic() - started, 0
         time.sleep(POLL_SECONDS)

@@ -877,10 +877,10 @@ class GossipNode:
     def fetch_room(self, session: PeerSession) -> int:
         """Return how many more ids may be queued for requests to ``session``.
 
-        One peer may hold at most a quarter of ``max_fetch_backlog``,
-        queued or requested (plus the chunk of up to 1,024 ids that its
-        fetcher is checking), so a peer that names ids and never replies
-        cannot leave the others without room.
+        One peer may hold at most a quarter of ``max_fetch_backlog``, queued
+        or requested, plus the chunk of up to 1,024 ids its fetcher is
+        checking. So a peer that names ids and never replies cannot leave
+        the others without room.
         """
         queued = sum(other.fetch_backlog for other in self.sessions.values())
         share = self.settings.max_fetch_backlog // 4 - session.fetch_backlog - session.claimed

@@ -204,8 +204,8 @@ class PeerTable:
     # Our own gossip addresses, never dialled.
     own_addresses: set[str] = field(default_factory=set)
     # The maximum redial delay of an address that had a session within
-    # limits.known_window; the gossip node sets its anti-entropy interval,
-    # so that a partition that heals costs at most about one interval.
+    # limits.known_window. The gossip node sets its anti-entropy interval, so
+    # a healed partition costs at most about one interval.
     known_redial_max: float | None = None
     _scores: OrderedDict[str, _Score] = field(default_factory=OrderedDict)
     # Rejected addresses come from untrusted input, so their log lines are

@@ -27,7 +27,6 @@ from harness.federation import (
     START_SECONDS,
     build_published_store,
     federation,
-    item_id,
     now_text,
     wait_for,
 )
@@ -55,6 +54,7 @@ from protocol import (
     default_trust,
     derive_aliases,
     emit_bundle,
+    item_id,
     record_pith_number,
 )
 from protocol.frames import MAX_FRAME_CONTAINERS
@@ -270,7 +270,7 @@ async def test_liar_cannot_fill_fetch_backlog(tmp_path: Path, published_store: P
         liar = await HostilePeer.open(node.address, "backlog-liar", local_host="127.67.1.1")
         await liar.handshake()
         # Each session names 4,096 ids the liar never sends. The node stops
-        # each session early and queues what it found, and no want is answered.
+        # each session early and queues what it found, and no want gets a reply.
         for number in range(6):
             await liar.lie_in_reconciliation(random_ids(4096, f"backlog {number}"), session=2 * number)
         liar_session = next(iter(node.gossip.sessions.values()))

@@ -13,7 +13,6 @@ and a host ban never touches the honest daemons on 127.0.0.1.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -32,11 +31,8 @@ from harness.federation import (
     STATE_PATH,
     Federation,
     Node,
-    RawPeer,
     build_published_store,
     federation,
-    get_json,
-    item_id,
     now_text,
     wait_for,
 )
@@ -47,7 +43,15 @@ from node.demo import fixture_path
 from node.gossip import GossipSettings
 from node.peers import PeerLimits, PeerSource
 from node.session import MAX_ANNOUNCED_QUEUE_IDS, MAX_QUEUED_WANTS
-from protocol import ItemsReceived, PeerAuthenticated, PeerClosed, PeerError, ReconcileReceived, SigningKey
+from protocol import (
+    ItemsReceived,
+    PeerAuthenticated,
+    PeerClosed,
+    PeerError,
+    ReconcileReceived,
+    SigningKey,
+    item_id,
+)
 from protocol.frames import MAX_FRAME_BYTES
 from protocol.keys import encode_signature_b64
 
@@ -380,13 +384,13 @@ async def test_trickled_handshake_times_out(tmp_path: Path) -> None:
 
 @pytest.mark.trio
 async def test_trickling_host_banned(tmp_path: Path) -> None:
-    # One host holds at most 4 handshake slots at once; 21 timeouts of 5
+    # One host may take at most 4 handshake slots at once, and 21 timeouts of 5
     # points each take it below -100. Waves of 8 connections run until then.
     settings = GossipSettings(**{**FAST.__dict__, "handshake_timeout": 0.3})
     async with federation(tmp_path) as group:
         node = await group.start("node", settings=settings)
         peers: list[HostilePeer] = []
-        most_handshaking = 0
+        max_handshaking_seen = 0
 
         async def trickle(number: int) -> None:
             peer = await HostilePeer.open(node.address, f"trickler-{number}", local_host="127.66.0.3")
@@ -394,9 +398,9 @@ async def test_trickling_host_banned(tmp_path: Path) -> None:
             await peer.trickle_hello(0.05)
 
         async def watch() -> None:
-            nonlocal most_handshaking
+            nonlocal max_handshaking_seen
             while True:
-                most_handshaking = max(most_handshaking, len(node.gossip.handshaking))
+                max_handshaking_seen = max(max_handshaking_seen, len(node.gossip.handshaking))
                 await trio.sleep(0.01)
 
         with trio.fail_after(SETTLE_SECONDS):
@@ -419,7 +423,7 @@ async def test_trickling_host_banned(tmp_path: Path) -> None:
         honest_final = await honest.handshake()
         await honest.close()
 
-    assert most_handshaking == 4
+    assert max_handshaking_seen == 4
     assert "host:127.66.0.3" in bans
     assert bans["host:127.66.0.3"] == "handshake timed out (from " + bans["host:127.66.0.3"].split("(from ")[1]
     assert [type(event).__name__ for event in refused_events] == ["PeerClosed"]
@@ -433,7 +437,7 @@ async def test_slow_host_leaves_slots_free(tmp_path: Path) -> None:
         node = await group.start("node", settings=settings)
         slow = [await HostilePeer.open(node.address, f"slow-{number}", local_host="127.66.0.4") for number in range(6)]
         await wait_for(lambda: len(node.gossip.handshaking) == 4, SETTLE_SECONDS, "four slow handshakes are held")
-        # Opened while the slow host holds its 4 slots: another host still gets in.
+        # Opened while the slow host takes its 4 slots: another host still gets in.
         honest = await HostilePeer.open(node.address, "honest-beside-slow", local_host="127.66.0.5")
         honest_final = await honest.handshake()
         await honest.close()

@@ -34,7 +34,6 @@ from harness.federation import (
     RawPeer,
     build_published_store,
     federation,
-    item_id,
     post_event,
     wait_for,
 )
@@ -42,7 +41,7 @@ from helpers import signed_event
 
 from node.gossip import MAX_DELIVERY_ATTEMPTS, GossipSettings
 from node.peers import PeerLimits
-from protocol import EventsRequested
+from protocol import EventsRequested, item_id
 
 CITED_RECORD = "pith:2011:KVP6JX7SJ7DKL2CBULRPI6KYU3"
 IDLE_TIMEOUT = 1.0
@@ -208,7 +207,7 @@ async def test_half_open_times_out(tmp_path: Path, published_store: Path, gossip
         return [record.getMessage() for record in gossip_log.records if "handshake timed out" in record.getMessage()]
 
     async with proxied_pair(tmp_path, published_store) as pair:
-        # The drop holds until b's redial into the black hole timed out.
+        # The drop stays until b's redial into the black hole timed out.
         outcome = await run_fault(pair, "drop", FaultProxy.drop, hold_seconds=0.0, hold_until=lambda: len(handshake_timeouts()) >= 1)
 
     reasons = disconnect_reasons(gossip_log)
@@ -284,14 +283,14 @@ async def test_trickle_times_out_want(tmp_path: Path, published_store: Path, gos
 @pytest.mark.trio
 async def test_item_fetched_after_three_resets(tmp_path: Path, published_store: Path) -> None:
     event = citation("three resets")
-    wanted = item_id(event)
+    announced = item_id(event)
     requests = 0
     async with federation(tmp_path) as group:
         node = await group.start("node", store_file=published_store, settings=FAULT_SETTINGS)
         for attempt in range(MAX_DELIVERY_ATTEMPTS):
             peer = await RawPeer.open(node.address, f"reset-peer-{attempt}")
             await peer.handshake()
-            await peer.stream.send_all(peer.conn.send_announce([wanted]))
+            await peer.stream.send_all(peer.conn.send_announce([announced]))
             seen = await peer.events_until(lambda received: isinstance(received, EventsRequested))
             requests += isinstance(seen[-1], EventsRequested)
             # The connection breaks while the request is outstanding.

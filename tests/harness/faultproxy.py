@@ -9,7 +9,7 @@ switched at any time and applies to every connection:
   listening socket, so that new connections are refused (``ECONNREFUSED``)
   until the mode changes and the proxy listens on the same port again;
 * ``delay``: hold each chunk for ``delay_seconds`` before forwarding it;
-* ``drop``: forward nothing and send neither FIN nor RST, so each side sees
+* ``drop``: forward nothing and send neither FIN nor RST, so each side has
   a half-open connection. Data and end of stream are read and discarded.
   A connection that lost data never forwards again, because TCP cannot
   resume a stream with a gap in it: it stays a black hole until an end

@@ -46,7 +46,7 @@ from protocol import (
     default_trust,
     item_id,
 )
-from protocol.frames import MAX_FRAME_BYTES, encode_frame
+from protocol.frames import MAX_FRAME_BYTES
 from protocol.reconcile import Mode, Range, encode_message
 from protocol.wire import MAX_ANNOUNCE_IDS
 
@@ -121,10 +121,10 @@ class HostilePeer:
         # Every byte this peer wrote, in order, so a later peer can replay it.
         self.sent = bytearray()
         self.broken = False
-        # Whether reads answer the node's hello with our auth; a trickled
+        # Whether reads reply to the node's hello with our auth. A trickled
         # hello must not be interleaved with an auth frame.
         self.answer_hello = True
-        # Events read after the one a read_until call stopped at.
+        # Events read after the one where a read_until call stopped.
         self._left: list[ConnectionEvent] = []
 
     @classmethod
