@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from harness.federation import FAST, SETTLE_SECONDS, build_published_store, federation, item_id, post_event, wait_for
+from harness.federation import FAST, SETTLE_SECONDS, build_published_store, federation, post_event, wait_for
 from helpers import signed_event
 
 from bench import kill_bench
 from node.gossip import GossipSettings
+from protocol import item_id
 
 CITED_RECORD = "pith:2011:KVP6JX7SJ7DKL2CBULRPI6KYU3"
 
