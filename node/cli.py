@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify",
         help="check hashes, Pith numbers, aliases, receipts and events of files",
-        description="Check state documents, bundle documents and JSON-lines record files. "
+        description="Check state and bundle documents, signed events and JSON-lines files of records or events. "
         "Prints one line per item and a summary. Exit status: 0 all passed, 1 a check failed, "
         "2 an input could not be read.",
     )
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge every input by subject and print each state document as compact JSON, "
         "in the byte order the registry serves.",
     )
-    merge.add_argument("paths", nargs="+", metavar="PATH", help="bundle or state .json files, or .jsonl files of events")
+    merge.add_argument("paths", nargs="+", metavar="PATH", help="bundle, state or single-event .json files, or .jsonl files of events")
     merge.add_argument("--hash-only", action="store_true", help="print only state_sha256 (with the Pith number when there are several)")
     merge.add_argument("--indent", action="store_true", help="indent the JSON output for reading")
     merge.add_argument("--trust", metavar="FILE", help="trust configuration (JSON); default: the built-in one")
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the mirror daemon (HTTP API on 127.0.0.1:8080 by default)",
-        description="Serve the store over HTTP until SIGINT or SIGTERM. Settings come from defaults, "
+        description="Serve the store over HTTP and gossip with peers until SIGINT or SIGTERM. Settings come from defaults, "
         "a TOML file, PITH_MIRROR_* variables and these flags, in that order (see docs/operations.md).",
     )
     add_config_arguments(run)
