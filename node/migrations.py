@@ -166,11 +166,32 @@ def _index_only_looked_up_aliases(conn: sqlite3.Connection) -> None:
     )
 
 
+def _count_rows_in_code(conn: sqlite3.Connection) -> None:
+    """Version 5: the store keeps the row counts itself; drop the triggers that kept them.
+
+    A statement that fires a trigger keeps a statement journal, a copy of
+    every page it changes, and each imported bundle fired eight of them.
+    The store now adds each write's row count to ``counters`` in the same
+    transaction, once per statement.
+    """
+    for name in (
+        "records_counter_insert",
+        "records_counter_delete",
+        "states_counter_insert",
+        "states_counter_delete",
+        "events_counter_insert",
+        "events_counter_delete",
+        "events_counter_pending",
+    ):
+        conn.execute(f"DROP TRIGGER {name}")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _create_data_tables,
     _create_rejections_log,
     _index_records_by_source,
     _index_only_looked_up_aliases,
+    _count_rows_in_code,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

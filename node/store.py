@@ -26,8 +26,8 @@ Schema (``node/migrations.py`` creates it; version ``SCHEMA_VERSION``)
   ``json.dumps(state, separators=(",", ":"), ensure_ascii=False)`` in UTF-8,
   which is byte for byte what the registry serves.
 * ``rejections``: the newest ``StoreLimits.rejections_kept`` rejected
-  inputs, for the status page. ``counters`` contains row counts kept by
-  triggers.
+  inputs, for the status page. ``counters`` contains row counts, which
+  the store updates in the transaction of each write.
 
 What is stored
 --------------
@@ -971,14 +971,15 @@ class Store:
         """Store a subject's state and set its record's ``proven`` flag.
 
         A record inserted in this transaction still has ``proven = 0``, so
-        with ``new_record`` the flag is written only when it becomes 1.
+        with ``new_record`` the flag is written only when it becomes 1, and
+        the record has no state row yet.
         """
-        conn.execute(
-            "INSERT INTO states (pith_number, state_sha256, state_json, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (pith_number) DO UPDATE SET state_sha256 = excluded.state_sha256, "
-            "state_json = excluded.state_json, updated_at = excluded.updated_at",
-            (subject, state["state_sha256"], served_bytes(state), now),
-        )
+        values = (state["state_sha256"], served_bytes(state), now, subject)
+        if new_record or not conn.execute(
+            "UPDATE states SET state_sha256 = ?, state_json = ?, updated_at = ? WHERE pith_number = ?", values
+        ).rowcount:
+            conn.execute("INSERT INTO states (state_sha256, state_json, updated_at, pith_number) VALUES (?, ?, ?, ?)", values)
+            Store._count_rows(conn, states=1)
         proven = 1 if state["current"]["record_created"] is not None else 0
         if proven or not new_record:
             conn.execute("UPDATE records SET proven = ? WHERE pith_number = ? AND proven <> ?", (proven, subject, proven))
@@ -992,6 +993,18 @@ class Store:
     def _counter(conn: sqlite3.Connection, name: str) -> int:
         row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def _count_rows(conn: sqlite3.Connection, **deltas: int) -> None:
+        """Add row count changes to ``counters``, in the caller's transaction.
+
+        Every statement that inserts or deletes records, events or states,
+        or changes an event's ``pending`` flag, calls this with its row
+        counts; ``integrity_check`` compares the counters with the tables.
+        """
+        for name, delta in deltas.items():
+            if delta:
+                conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (delta, name))
 
     # Ingest
 
@@ -1067,6 +1080,7 @@ class Store:
         if max_age is None:
             return 0
         deleted = conn.execute("DELETE FROM events WHERE pending = 1 AND received_at < ?", (now - max_age,)).rowcount
+        self._count_rows(conn, events=-deleted, pending=-deleted)
         if deleted:
             logger.info("deleted %d pending events older than %d s whose records never arrived", deleted, max_age)
         return deleted
@@ -1324,11 +1338,13 @@ class Store:
 
     @staticmethod
     def _insert_event_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows of ``_unchecked_event_row``, none of which is pending."""
         conn.executemany(
             "INSERT INTO events (input_sha256, event_id, subject, event_type, created_at, signed, signature_b64, "
             "pending, received_at, source, raw_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        Store._count_rows(conn, events=len(rows))
 
     @staticmethod
     def _stored_inputs(conn: sqlite3.Connection, input_hashes: list[str]) -> set[str]:
@@ -1404,6 +1420,7 @@ class Store:
             waiting = batch.conn.execute(
                 "UPDATE events SET pending = 0 WHERE subject = ? AND pending = 1", (merge_input.pith_number,)
             ).rowcount
+            self._count_rows(batch.conn, pending=-waiting)
         return Status.ACCEPTED, waiting
 
     @staticmethod
@@ -1419,6 +1436,7 @@ class Store:
                 source["id"], source["version"], encoded, batch.now, batch.source,
             ),
         ).rowcount
+        Store._count_rows(batch.conn, records=inserted)
         batch.known_records.add(subject)
         return bool(inserted)
 
@@ -1486,11 +1504,11 @@ class Store:
             return reject(input_sha256, "created_at", "future_timestamp", error.reason)
 
         stored = conn.execute(
-            "SELECT seq, input_sha256, signed, signature_b64, excluded FROM events WHERE subject = ? AND event_id = ?",
+            "SELECT seq, input_sha256, signed, signature_b64, excluded, pending FROM events WHERE subject = ? AND event_id = ?",
             (subject, event.event_id),
         ).fetchone()
         if stored is not None:
-            stored_seq, stored_sha256, stored_signed, stored_signature, stored_excluded = stored
+            stored_seq, stored_sha256, stored_signed, stored_signature, stored_excluded, stored_pending = stored
             kept_rank = _copy_rank(bool(stored_signed), stored_signature, stored_sha256)
             if not stored_excluded and kept_rank <= _copy_rank(event.signed, event.signature_b64, input_sha256):
                 return EventOutcome(
@@ -1509,6 +1527,7 @@ class Store:
         note = None
         if stored is not None:
             batch.conn.execute("DELETE FROM events WHERE seq = ?", (stored_seq,))
+            self._count_rows(conn, events=-1, pending=-stored_pending)
             note = f"replaces input {stored_sha256} of event {event.event_id}, which the merge prefers less"
             logger.info("event %s from %s %s", event.event_id, batch.source, note)
         conn.execute(
@@ -1519,6 +1538,7 @@ class Store:
                 event.signature_b64, int(pending), batch.now, batch.source, encoded,
             ),
         )
+        self._count_rows(conn, events=1, pending=int(pending))
         if not pending:
             batch.touched.add(subject)
         return EventOutcome(index, Status.ACCEPTED, input_sha256, event.event_id, subject, pending=pending, reason=note)
@@ -1871,8 +1891,19 @@ class Store:
         return sorted(mismatched)
 
     def integrity_check(self) -> list[str]:
-        """Run SQLite's integrity check over the whole file; return its findings (empty when sound)."""
+        """Run SQLite's integrity check and compare the row counters with the tables; return the findings (empty when sound)."""
         with self.snapshot() as conn:
-            rows = conn.execute("PRAGMA integrity_check").fetchall()
-        findings = [str(row[0]) for row in rows]
-        return [] if findings == ["ok"] else findings
+            findings = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+            if findings == ["ok"]:
+                findings = []
+            counted = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+            actual = {
+                "records": conn.execute("SELECT COUNT(*) FROM records").fetchone()[0],
+                "events": conn.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+                "states": conn.execute("SELECT COUNT(*) FROM states").fetchone()[0],
+                "pending": conn.execute("SELECT COUNT(*) FROM events WHERE pending = 1").fetchone()[0],
+            }
+        for name, value in actual.items():
+            if counted.get(name) != value:
+                findings.append(f"counter {name} is {counted.get(name)}, but the table holds {value} rows")
+        return findings

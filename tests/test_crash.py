@@ -74,10 +74,10 @@ def post_until_killed(url: str, events: list[dict[str, Any]], deadline: float) -
 
 
 def missing_on_disk(data_dir: Path, event_ids: list[str]) -> tuple[list[str], list[str]]:
-    """Open the killed daemon's store; return acknowledged ids it lacks and the subjects verify_all lists."""
+    """Open the killed daemon's store; return acknowledged ids it lacks, and the subjects verify_all lists with integrity_check's findings."""
     with Store(data_dir, read_only=True) as store:
         missing = [event_id for event_id in event_ids if store.get_event_by_id(SUBJECT, event_id) is None]
-        mismatched = store.verify_all()
+        mismatched = store.verify_all() + store.integrity_check()
     return missing, mismatched
 
 

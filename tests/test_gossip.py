@@ -41,6 +41,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
         outcome = opened.add_state(state, "test", NOW)
         assert outcome.state_sha256 == PUBLISHED_STATE_SHA256
         yield opened
+        assert opened.integrity_check() == []
 
 
 @pytest.fixture

@@ -106,6 +106,9 @@ def reject_unsigned_trust() -> TrustConfig:
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store(tmp_path / "data") as opened:
         yield opened
+        # Every test that writes through this fixture also checks the row
+        # counters the store keeps against the tables.
+        assert opened.integrity_check() == []
 
 
 # Published data
@@ -303,6 +306,23 @@ def test_signed_copy_wins(tmp_path: Path) -> None:
             assert opened.get_event_by_id(PUBLISHED_SUBJECT, hint["event_id"]) == hint
             assert opened.stats().events == 1
             assert opened.verify_all() == []
+            assert opened.integrity_check() == []
+
+
+def test_pending_copy_replaced_before_its_record(tmp_path: Path) -> None:
+    # Both copies wait for the record; the replacement must leave one
+    # pending event in the counters, and the record releases it.
+    hint = mirror_hint(SigningKey.generate(), PUBLISHED_SUBJECT)
+    impostor = {**published_graph_snapshot(), "event_id": hint["event_id"]}
+    with Store(tmp_path) as opened:
+        outcomes = opened.add_events([impostor, hint], "test", NOW)
+        assert [(outcome.status, outcome.pending) for outcome in outcomes] == [(Status.ACCEPTED, True), (Status.ACCEPTED, True)]
+        assert (opened.stats().events, opened.stats().pending_events) == (1, 1)
+        assert opened.integrity_check() == []
+        opened.add_bundle(record_bundle_of_published(), "test", NOW)
+        assert (opened.stats().events, opened.stats().pending_events, opened.stats().states) == (1, 0, 1)
+        assert opened.get_event_by_id(PUBLISHED_SUBJECT, hint["event_id"]) == hint
+        assert opened.integrity_check() == []
 
 
 def test_event_id_per_subject(store: Store) -> None:
@@ -489,6 +509,7 @@ def test_pending_caps(tmp_path: Path) -> None:
         outcomes = opened.add_events(events, "test", NOW)
         assert [outcome.code for outcome in outcomes] == [None, None, "pending_subject_limit", None, "pending_limit"]
         assert opened.stats().pending_events == 3
+        assert opened.integrity_check() == []
 
 
 def test_pending_expiry(tmp_path: Path) -> None:
@@ -499,6 +520,7 @@ def test_pending_expiry(tmp_path: Path) -> None:
         assert opened.expire_pending(NOW + 3601) == 1
         assert opened.stats().pending_events == 0
         assert opened.stats().events == 0
+        assert opened.integrity_check() == []
 
 
 # Schema, reopening and recomputation
@@ -550,6 +572,16 @@ def test_migrate_empty_v1(tmp_path: Path) -> None:
         assert opened.recent_rejections()[0].input_sha256 == outcome.input_sha256
 
 
+def _restore_count_triggers(conn: sqlite3.Connection) -> None:
+    """Create the row-count triggers that schema versions 1 to 4 had, to turn a current store into an older one."""
+    old = sqlite3.connect(":memory:")
+    for step in MIGRATIONS[:4]:
+        step(old)
+    for (statement,) in old.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger'"):
+        conn.execute(statement)
+    old.close()
+
+
 def test_migrate_v1_keeps_data(tmp_path: Path) -> None:
     with Store(tmp_path) as opened:
         opened.add_state(published_state(), "fixture", NOW)
@@ -557,6 +589,7 @@ def test_migrate_v1_keeps_data(tmp_path: Path) -> None:
         conn.execute("DROP INDEX records_by_source")
         conn.execute("DROP TABLE rejections")
         conn.execute("DELETE FROM counters WHERE name = 'rejections_total'")
+        _restore_count_triggers(conn)
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with Store(tmp_path) as migrated:
         assert migrated.stats().schema_version == SCHEMA_VERSION
@@ -569,6 +602,7 @@ def test_migrate_v2_adds_source_index(tmp_path: Path) -> None:
         opened.add_state(published_state(), "fixture", NOW)
     with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
         conn.execute("DROP INDEX records_by_source")
+        _restore_count_triggers(conn)
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with Store(tmp_path) as migrated:
         assert migrated.stats().schema_version == SCHEMA_VERSION
@@ -584,6 +618,7 @@ def test_migrate_v3_indexes_fewer_aliases(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
         conn.execute("DROP INDEX aliases_by_lookup_key")
         conn.execute("CREATE INDEX aliases_by_lookup_key ON aliases (lookup_key, kind)")
+        _restore_count_triggers(conn)
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with Store(tmp_path) as migrated:
         version = migrated.stats().schema_version
@@ -592,10 +627,28 @@ def test_migrate_v3_indexes_fewer_aliases(tmp_path: Path) -> None:
         indexed = conn.execute("SELECT count(*) FROM aliases INDEXED BY aliases_by_lookup_key WHERE kind NOT LIKE 'pith\\_short\\_%' ESCAPE '\\'").fetchone()[0]
         stored = conn.execute("SELECT count(*) FROM aliases").fetchone()[0]
 
-    assert version == 4
+    assert version == SCHEMA_VERSION
     assert found == PUBLISHED_SUBJECT
     # The published record has six aliases; the three short forms are not indexed.
     assert (indexed, stored) == (3, 6)
+
+
+
+def test_migrate_v4_counts_rows_without_triggers(tmp_path: Path) -> None:
+    with Store(tmp_path) as opened:
+        opened.add_state(published_state(), "fixture", NOW)
+    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
+        _restore_count_triggers(conn)
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0] == 7
+    with Store(tmp_path) as migrated:
+        list(migrated.add_many_bundles([record_bundle(line) for line in record_lines()[:5]], "import", NOW))
+        stats = migrated.stats()
+        findings = migrated.integrity_check()
+    with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
+        triggers = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0]
+    assert (stats.schema_version, triggers, findings) == (SCHEMA_VERSION, 0, [])
+    assert (stats.records, stats.states) == (6, 6)
 
 
 def test_alias_lookup_uses_partial_index(tmp_path: Path) -> None:
