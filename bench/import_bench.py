@@ -15,15 +15,17 @@ them. Bundles are decoded with ``protocol.parse_json`` in setup, so both
 passes start from the same decoded documents, and every signer key is loaded
 into the key cache of ``protocol.keys`` before either pass.
 
-Each repetition times two passes over the same bundles, one after the other:
+Each repetition times these passes over the same bundles, one after the other:
 
 * core: ``protocol.bundle_input`` and ``protocol.merge`` for every bundle,
   with no storage. This is the floor for an importer that checks every event
-  and computes every state;
-* store: ``Store.add_many_bundles`` into a new store in a new directory on
+  and computes every state in one process;
+* store, once per count given to ``--workers``: ``Store.add_many_bundles``
+  with that many worker processes into a new store in a new directory on
   disk, iterated to the last outcome. Outcomes are yielded only after their
   batch committed with ``synchronous=FULL``, so the time includes every
-  fsync. Closing the store (a WAL checkpoint) is timed on its own line.
+  fsync. Its CPU time includes the workers'. Closing the store (a WAL
+  checkpoint) is timed on its own line.
 
 After each store pass the benchmark checks that every bundle and event was
 accepted and that every stored ``state_sha256`` equals the one the core
@@ -80,6 +82,7 @@ TARGET_RATIO = 1.5
 EVENTS_PER_BUNDLE = 3
 SMOKE_BUNDLES = 200
 SMOKE_BATCH_SIZE = 50
+SMOKE_WORKERS = (0, 1)
 DEFAULT_BATCH_SIZE = 500
 # The node's clock for every import: a year after the generator's registry
 # epoch, so that no generated event is dated in the future and the outcome
@@ -122,20 +125,25 @@ class ImportMeasurement:
     events: int
     batch_size: int
     core: PassTimes
-    store: PassTimes
+    # Store passes by the number of worker processes they used.
+    stores: dict[int, PassTimes]
     close: PassTimes
     counts: ImportCounts
     states_sha256: str
     store_bytes: int
 
     @property
-    def ratio(self) -> float:
-        """Median wall time of the store pass over median wall time of the core pass."""
-        return self.store.median_wall / self.core.median_wall
+    def store(self) -> PassTimes:
+        """Return the store passes with the first worker count measured."""
+        return next(iter(self.stores.values()))
 
-    @property
-    def cpu_ratio(self) -> float:
-        return self.store.median_cpu / self.core.median_cpu
+    def ratio(self, workers: int) -> float:
+        """Median wall time of the store pass with ``workers`` over median wall time of the core pass."""
+        return self.stores[workers].median_wall / self.core.median_wall
+
+    def cpu_ratio(self, workers: int) -> float:
+        """Median CPU time (the workers' included) of the store pass with ``workers`` over the core pass's."""
+        return self.stores[workers].median_cpu / self.core.median_cpu
 
 
 # ---------------------------------------------------------------------------
@@ -181,13 +189,23 @@ def build_bundles(
 # ---------------------------------------------------------------------------
 
 
+def _children_cpu() -> float:
+    """Return the CPU seconds of this process's child processes that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _timed(function: Callable[[], Any], times: PassTimes) -> Any:
-    """Call ``function``, append its wall and CPU seconds to ``times`` and return its value."""
+    """Call ``function``, append its wall and CPU seconds to ``times`` and return its value.
+
+    The CPU time includes child processes that ``function`` started and
+    waited for, as the import's worker processes are when it returns.
+    """
     gc.collect()
     wall_start = time.perf_counter()
-    cpu_start = time.process_time()
+    cpu_start = time.process_time() + _children_cpu()
     value = function()
-    times.cpu.append(time.process_time() - cpu_start)
+    times.cpu.append(time.process_time() + _children_cpu() - cpu_start)
     times.wall.append(time.perf_counter() - wall_start)
     return value
 
@@ -209,11 +227,11 @@ def run_core(bundles: list[dict[str, Any]], trust: TrustConfig) -> list[tuple[st
 
 
 def import_bundles(
-    store: Store, bundles: list[dict[str, Any]], batch_size: int = DEFAULT_BATCH_SIZE
+    store: Store, bundles: list[dict[str, Any]], batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 0
 ) -> ImportCounts:
     """Import every bundle with ``Store.add_many_bundles``; return the outcome counts."""
     counts = ImportCounts()
-    for outcome in store.add_many_bundles(bundles, SOURCE_LABEL, IMPORT_NOW, batch_size=batch_size):
+    for outcome in store.add_many_bundles(bundles, SOURCE_LABEL, IMPORT_NOW, batch_size=batch_size, workers=workers):
         if outcome.status == Status.ACCEPTED:
             counts.bundles_accepted += 1
         else:
@@ -251,12 +269,13 @@ def _store_pass(
     trust: TrustConfig,
     data_dir: Path,
     batch_size: int,
+    workers: int,
     import_times: PassTimes,
     close_times: PassTimes,
 ) -> ImportCounts:
     store = Store(data_dir, trust)
     try:
-        counts = _timed(lambda: import_bundles(store, bundles, batch_size), import_times)
+        counts = _timed(lambda: import_bundles(store, bundles, batch_size, workers), import_times)
     finally:
         _timed(store.close, close_times)
     return counts
@@ -279,10 +298,11 @@ def measure(
     work_dir: Path,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: Sequence[int] = (0,),
     trust: TrustConfig | None = None,
     keep_store: bool = False,
 ) -> ImportMeasurement:
-    """Time the core pass and the store pass ``repeat`` times each, interleaved.
+    """Time the core pass and a store pass per count in ``workers``, ``repeat`` times each, interleaved.
 
     Each store pass imports into a new directory under ``work_dir``; the
     last one is kept when ``keep_store`` is true, and the others are deleted.
@@ -295,9 +315,12 @@ def measure(
         raise BenchmarkError(f"--repeat must be at least 1 (got {repeat})")
     if batch_size < 1:
         raise BenchmarkError(f"--batch-size must be at least 1 (got {batch_size})")
+    if not workers or min(workers) < 0 or len(set(workers)) != len(workers):
+        raise BenchmarkError(f"--workers must list distinct counts of at least 0 (got {list(workers)})")
     trust = trust or default_trust()
     events = sum(len(document["events"]) for document in bundles)
-    core, store, close = PassTimes(), PassTimes(), PassTimes()
+    core, close = PassTimes(), PassTimes()
+    stores = {count: PassTimes() for count in workers}
     expected: str | None = None
     counts = ImportCounts()
     size = 0
@@ -308,17 +331,18 @@ def measure(
             raise BenchmarkError("two core passes over the same bundles computed different states")
         expected = digest
 
-        data_dir = work_dir / f"store-{number}"
-        if data_dir.exists():
-            raise BenchmarkError(f"{data_dir} already exists; pass an empty --work-dir")
-        counts = _store_pass(bundles, trust, data_dir, batch_size, store, close)
-        _check_import(bundles, counts, events)
-        stored = _states_digest(stored_states(data_dir))
-        if stored != expected:
-            raise BenchmarkError("the store's states differ from the states the core computed from the same bundles")
-        size = store_size_bytes(data_dir)
-        if not (keep_store and number == repeat - 1):
-            shutil.rmtree(data_dir)
+        for count in workers:
+            data_dir = work_dir / f"store-{number}-{count}-workers"
+            if data_dir.exists():
+                raise BenchmarkError(f"{data_dir} already exists; pass an empty --work-dir")
+            counts = _store_pass(bundles, trust, data_dir, batch_size, count, stores[count], close)
+            _check_import(bundles, counts, events)
+            stored = _states_digest(stored_states(data_dir))
+            if stored != expected:
+                raise BenchmarkError("the store's states differ from the states the core computed from the same bundles")
+            size = store_size_bytes(data_dir)
+            if not (keep_store and number == repeat - 1 and count == workers[-1]):
+                shutil.rmtree(data_dir)
 
     assert expected is not None
     return ImportMeasurement(
@@ -326,7 +350,7 @@ def measure(
         events=events,
         batch_size=batch_size,
         core=core,
-        store=store,
+        stores=stores,
         close=close,
         counts=counts,
         states_sha256=expected,
@@ -335,9 +359,9 @@ def measure(
 
 
 def run_smoke(work_dir: Path) -> ImportMeasurement:
-    """Run the smoke configuration (200 bundles of 3 events, batches of 50, one repetition) without the cache."""
+    """Run the smoke configuration (200 bundles of 3 events, batches of 50, one repetition, 0 and 1 workers) without the cache."""
     bundles, _ = build_bundles(SMOKE_BUNDLES, EVENTS_PER_BUNDLE, cache_dir=None)
-    return measure(bundles, 1, work_dir, batch_size=SMOKE_BATCH_SIZE)
+    return measure(bundles, 1, work_dir, batch_size=SMOKE_BATCH_SIZE, workers=SMOKE_WORKERS)
 
 
 # ---------------------------------------------------------------------------
@@ -356,10 +380,12 @@ def _per_100k(value: float, subjects: int) -> float:
 
 def format_report(measurement: ImportMeasurement, command: str, machine: dict[str, str]) -> str:
     """Return the markdown record of a measurement for docs/benchmarks.md."""
-    rows = (
-        ("core: bundle_input + merge, no storage", measurement.core, 1.0, 1.0),
-        ("store: Store.add_many_bundles, committed", measurement.store, measurement.ratio, measurement.cpu_ratio),
-    )
+    rows = [("core: bundle_input + merge, no storage", measurement.core, 1.0, 1.0)]
+    for count, times in measurement.stores.items():
+        rows.append(
+            (f"store: Store.add_many_bundles, committed, {count} worker process{'' if count == 1 else 'es'}",
+             times, measurement.ratio(count), measurement.cpu_ratio(count))
+        )
     lines = [
         f"- Command: `{command}`",
         f"- Date: {machine['date']}",
@@ -376,13 +402,17 @@ def format_report(measurement: ImportMeasurement, command: str, machine: dict[st
             f"| {name} | {times.median_wall:.2f} | {measurement.bundles / times.median_wall:,.0f} "
             f"| {measurement.events / times.median_wall:,.0f} | {ratio:.2f} | {times.median_cpu:.2f} | {cpu_ratio:.2f} |"
         )
-    verdict = "met" if measurement.ratio <= TARGET_RATIO else "not met"
     each_core = ", ".join(f"{value:.2f}" for value in measurement.core.wall)
-    each_store = ", ".join(f"{value:.2f}" for value in measurement.store.wall)
+    lines.append("")
+    for count, times in measurement.stores.items():
+        verdict = "met" if measurement.ratio(count) <= TARGET_RATIO else "not met"
+        each_store = ", ".join(f"{value:.2f}" for value in times.wall)
+        lines.append(
+            f"With {count} worker process{'' if count == 1 else 'es'}: target store / core <= {TARGET_RATIO} by wall time {verdict} "
+            f"({measurement.ratio(count):.2f}; {measurement.cpu_ratio(count):.2f} by CPU time). "
+            f"Wall seconds of each repetition: core {each_core}; store {each_store}."
+        )
     lines += [
-        "",
-        f"Target store / core <= {TARGET_RATIO} by wall time: {verdict} ({measurement.ratio:.2f}; "
-        f"{measurement.cpu_ratio:.2f} by CPU time). Wall seconds of each repetition: core {each_core}; store {each_store}.",
         f"Closing the store (WAL checkpoint): {measurement.close.median_wall:.2f} s. "
         f"Store size after close: {measurement.store_bytes:,} bytes, "
         f"{_per_100k(measurement.store_bytes, measurement.bundles) / 2**20:,.0f} MiB per 100,000 subjects. "
@@ -407,6 +437,13 @@ def _profile_store(bundles: list[dict[str, Any]], work_dir: Path, batch_size: in
     return output.getvalue()
 
 
+def _worker_counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts separated by commas, such as 0,1; got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.import_bench",
@@ -418,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="bundles per transaction (default 500)")
     parser.add_argument("--repeat", type=int, default=1, help="timed repetitions of each pass (default 1)")
+    parser.add_argument(
+        "--workers", type=_worker_counts, default=(0,), metavar="N[,N...]",
+        help="worker process counts; one store pass per count in each repetition (default 0)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated workload (default 1)")
     parser.add_argument(
         "--smoke", action="store_true",
@@ -447,16 +488,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return 0 when every bundle was accepted with the core's states, else 1."""
     args = build_parser().parse_args(argv)
     if args.smoke:
-        count, repeat, batch_size, cache_dir = SMOKE_BUNDLES, 1, SMOKE_BATCH_SIZE, None
+        count, repeat, batch_size, cache_dir, workers = SMOKE_BUNDLES, 1, SMOKE_BATCH_SIZE, None, SMOKE_WORKERS
         events_per_bundle = EVENTS_PER_BUNDLE
         command = "python -m bench.import_bench --smoke"
     else:
-        count, repeat, batch_size = args.bundles, args.repeat, args.batch_size
+        count, repeat, batch_size, workers = args.bundles, args.repeat, args.batch_size, args.workers
         events_per_bundle = args.events_per_bundle
         cache_dir = None if args.no_cache else args.cache_dir
         command = (
             f"python -m bench.import_bench --bundles {count} --events-per-bundle {events_per_bundle} "
-            f"--batch-size {batch_size} --repeat {repeat}"
+            f"--batch-size {batch_size} --repeat {repeat} --workers {','.join(map(str, workers))}"
         )
 
     temporary = None
@@ -470,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         bundles, origin = build_bundles(count, events_per_bundle, args.seed, cache_dir)
         print(f"setup: {count:,} bundles, events from {origin}, in {time.perf_counter() - start:.1f} s", flush=True)
-        measurement = measure(bundles, repeat, work_dir, batch_size=batch_size, keep_store=args.keep_store)
+        measurement = measure(bundles, repeat, work_dir, batch_size=batch_size, workers=workers, keep_store=args.keep_store)
         print()
         print(format_report(measurement, command, machine_facts()))
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

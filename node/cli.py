@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,22 @@ def _load_trust(path: str | None) -> TrustConfig:
         raise InputError(f"{path}: cannot read trust configuration: {error.strerror}") from None
     except InvalidInput as error:
         raise InputError(f"{path}: invalid trust configuration: {error}") from None
+
+
+# Upper bound of import --workers. The one process that writes limits an
+# import's rate long before this many workers.
+MAX_IMPORT_WORKERS = 64
+
+
+def _worker_count(text: str) -> int:
+    """Parse the value of ``import --workers``."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if not 0 <= count <= MAX_IMPORT_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_IMPORT_WORKERS}, got {text!r}")
+    return count
 
 
 def _write_json(value: Any, indent: bool) -> None:
@@ -186,7 +203,7 @@ def command_import(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(f"cannot read {args.suffixes_from}: {error}") from None
     try:
-        summary = trio.run(import_sources, config, args.sources, suffixes)
+        summary = trio.run(partial(import_sources, workers=args.workers), config, args.sources, suffixes)
     except StoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
@@ -357,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("sources", nargs="+", metavar="PATH|URL", help=".json or .jsonl file, document URL, or mirror base URL")
     import_.add_argument("--suffix", action="append", metavar="SUFFIX", help="record to fetch from a mirror URL; repeat for several")
     import_.add_argument("--suffixes-from", metavar="FILE", help="file naming records to fetch, one suffix, Pith number or record line per line")
+    import_.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="processes that merge bundles while the importer checks and writes them (default: one per CPU beyond the first, "
+        "at most 4; 0 for none)",
+    )
     import_.set_defaults(handler=command_import)
 
     config = commands.add_parser("config", help="print the effective configuration as TOML")

@@ -19,7 +19,9 @@ outcome is counted only after its transaction committed.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -39,7 +41,7 @@ from .fetch import FetchError, FetchTimeouts, MirrorClient
 from .offline import InputError, read_items
 from .store import DocumentOutcome, EventOutcome, Status, Store
 
-__all__ = ["ImportSummary", "import_sources", "read_suffixes"]
+__all__ = ["ImportSummary", "default_workers", "import_sources", "read_suffixes"]
 
 logger = logging.getLogger("pith_mirror.import")
 
@@ -51,6 +53,9 @@ _DOCUMENT_URL = re.compile(r"\A(?P<base>https?://.+?)/(?:\.well-known/)?pith/(?P
 # (docs/benchmarks.md). The import holds the store's lock anyway, so the
 # longer write transactions delay no other writer.
 BATCH_SIZE = 5000
+# Worker processes that merge bundles while the importing process checks and
+# writes them: the default takes every CPU but one, up to this many.
+MAX_DEFAULT_WORKERS = 4
 # Records fetched from a mirror at the same time.
 FETCH_CONCURRENCY = 8
 # emit_bundle validates events against a trust configuration; record lines
@@ -137,33 +142,37 @@ def _documents_from_file(path: str, summary: ImportSummary) -> Iterator[tuple[st
 
 
 
-def _store_file(store: Store, path: str, summary: ImportSummary, progress: Progress | None) -> None:
+def _store_file(store: Store, path: str, summary: ImportSummary, progress: Progress | None, workers: int) -> None:
     now = time.time()
+    source = f"import:{path}"
     task = progress.add_task(f"import {Path(path).name}", total=None) if progress else None
-    pending_bundles: list[Any] = []
-
-    def flush() -> None:
-        for outcome in store.add_many_bundles(pending_bundles, f"import:{path}", now, batch_size=BATCH_SIZE):
-            summary.add_document(outcome)
+    for kind, group in itertools.groupby(_documents_from_file(path, summary), key=lambda item: item[0]):
+        if kind == "bundle":
+            # The whole run of bundles is one generator, so that the workers
+            # merge the next batch while the store writes this one.
+            bundles = (value for _, value in group)
+            for outcome in store.add_many_bundles(bundles, source, now, batch_size=BATCH_SIZE, workers=workers):
+                summary.add_document(outcome)
+                if progress and task is not None:
+                    progress.advance(task)
+            continue
+        for _, value in group:
+            if kind == "state":
+                summary.add_document(store.add_state(value, source, now))
+            else:
+                for outcome in store.add_events(value, source, now):
+                    summary.add_event(outcome)
             if progress and task is not None:
                 progress.advance(task)
-        pending_bundles.clear()
 
-    for kind, value in _documents_from_file(path, summary):
-        if kind == "bundle":
-            pending_bundles.append(value)
-            if len(pending_bundles) >= BATCH_SIZE:
-                flush()
-            continue
-        flush()
-        if kind == "state":
-            summary.add_document(store.add_state(value, f"import:{path}", now))
-        else:
-            for outcome in store.add_events(value, f"import:{path}", now):
-                summary.add_event(outcome)
-        if progress and task is not None:
-            progress.advance(task)
-    flush()
+
+def default_workers() -> int:
+    """Return the worker processes an import uses by default: one per CPU beyond the first, at most MAX_DEFAULT_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cpus - 1))
 
 
 async def _fetch_one(client: MirrorClient, mirror: dict[str, Any], suffix: str) -> tuple[str, dict[str, Any]]:
@@ -225,9 +234,18 @@ async def _store_documents(store: Store, documents: list[tuple[str, Any]], sourc
 
 
 async def import_sources(
-    config: Config, sources: list[str], suffixes: list[str], *, console: Console | None = None, show_progress: bool = True
+    config: Config,
+    sources: list[str],
+    suffixes: list[str],
+    *,
+    console: Console | None = None,
+    show_progress: bool = True,
+    workers: int | None = None,
 ) -> ImportSummary:
     """Import every source into the store in ``config.data_dir``; return the summary.
+
+    ``workers`` worker processes merge the bundles of large files
+    (``default_workers()`` when None, 0 for none).
 
     Raises:
         StoreError: the store cannot be opened or written.
@@ -235,6 +253,7 @@ async def import_sources(
     from .daemon import load_trust
 
     trust = load_trust(config.trust_file)
+    workers = default_workers() if workers is None else workers
     summary = ImportSummary()
     store = await trio.to_thread.run_sync(lambda: Store(config.data_dir, trust))
     console = console or Console(stderr=True)
@@ -256,7 +275,7 @@ async def import_sources(
                     if source.startswith(("http://", "https://")):
                         await _import_url(client, store, source, suffixes, summary, progress)
                     else:
-                        await trio.to_thread.run_sync(_store_file, store, source, summary, progress)
+                        await trio.to_thread.run_sync(_store_file, store, source, summary, progress, workers)
                 except (InputError, FetchError) as error:
                     summary.failed_sources.append(f"{source}: {error}")
                     logger.error("import of %s failed: %s", source, error)

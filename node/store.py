@@ -85,16 +85,21 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import queue
 import re
+import signal
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -504,24 +509,34 @@ class _Batch:
     # False when no stored event waits for its record, so that a new record
     # needs no query for pending events.
     pending_events_exist: bool = True
-    # States that _ingest_new_subject and _ingest_merged already wrote, by
+    # States that _buffer_new_subject and _ingest_merged already merged, by
     # subject, and the state hash each subject had before the batch first
     # wrote it.
     merged: dict[str, str] = field(default_factory=dict)
     previous: dict[str, str | None] = field(default_factory=dict)
+    # Documents of new subjects whose rows are not written yet (see
+    # Store._flush), and the outcomes of buffered documents that a conflict
+    # sent through the checked path, by position in the batch.
+    buffered: list[_Buffered] = field(default_factory=list)
+    replaced: dict[int, DocumentOutcome] = field(default_factory=dict)
     _future_limit: str | None = None
 
     def future_limit(self) -> str:
         """Return the latest created_at that ``check_not_future`` accepts at ``now``, as a timestamp."""
         if self._future_limit is None:
-            limit = self.now + MAX_FUTURE_SKEW_SECONDS
-            try:
-                self._future_limit = format_timestamp(limit)
-            except UsageError:
-                # The form covers 1970 to 9999 only: past 9999 every valid
-                # timestamp is earlier, before 1970 every one is later.
-                self._future_limit = "9999-12-31T23:59:59Z" if limit > 0 else ""
+            self._future_limit = _future_limit(self.now)
         return self._future_limit
+
+
+def _future_limit(now: int) -> str:
+    """Return the latest created_at that ``check_not_future`` accepts at ``now``, as a timestamp."""
+    limit = now + MAX_FUTURE_SKEW_SECONDS
+    try:
+        return format_timestamp(limit)
+    except UsageError:
+        # The form covers 1970 to 9999 only: past 9999 every valid
+        # timestamp is earlier, before 1970 every one is later.
+        return "9999-12-31T23:59:59Z" if limit > 0 else ""
 
 
 class _NeedsFullChecks(Exception):
@@ -538,6 +553,342 @@ class _StateHashMismatch(Exception):
     def __init__(self, subject: str | None, message: str) -> None:
         super().__init__(message)
         self.subject = subject
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A document of a subject presumed new, checked up to the merge: the merge's input and the rows that store it.
+
+    ``record_columns`` are the records row without ``proven``, ``received_at``
+    and ``source``, and ``merge_events`` the canonical JSON of the events
+    to merge: each distinct input once.
+    """
+
+    subject: str
+    record_json: bytes
+    record_columns: tuple[Any, ...]
+    alias_entries: list[dict[str, Any]]
+    alias_rows: list[tuple[Any, ...]]
+    event_rows: list[tuple[Any, ...]]
+    outcomes: tuple[EventOutcome, ...]
+    merge_events: list[bytes]
+
+
+# The result of merging a staged document: its state_sha256, the served bytes
+# of the state and the records row's proven flag.
+_Merged = tuple[str, bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A document of a subject the store had nothing of, checked and merged, with the rows that store it."""
+
+    subject: str
+    record_row: tuple[Any, ...]
+    alias_rows: list[tuple[Any, ...]]
+    event_rows: list[tuple[Any, ...]]
+    outcomes: tuple[EventOutcome, ...]
+    state_sha256: str
+    state_json: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Buffered:
+    """A prepared document waiting in its batch to be written."""
+
+    position: int
+    document: Any
+    kind: str
+    prepared: _Prepared
+
+
+def _document_input(document: Any, kind: str) -> MergeInput:
+    """Check a bundle or state document and return its merge input.
+
+    Raises:
+        InvalidInput: the document is malformed.
+        _StateHashMismatch: a state document's hash does not match it.
+    """
+    if not isinstance(document, dict):
+        raise DocumentError("", f"document must be a JSON object, got {type(document).__name__}")
+    if kind == "bundle":
+        return bundle_input(document)
+    if "state_sha256" not in document:
+        raise DocumentError("state_sha256", "missing")
+    computed = state_hash({key: value for key, value in document.items() if key != "state_sha256"})
+    if document["state_sha256"] != computed:
+        raise _StateHashMismatch(
+            _claimed_text(document, "pith_number", _PITH_NUMBER_TEXT),
+            f"state_sha256 {_clip(repr(document['state_sha256']), 80)} does not match the document ({computed})",
+        )
+    merge_input = state_input(document)
+    check_aliases(merge_input.aliases, merge_input.pith_number, merge_input.record, field="current.source_aliases")
+    return merge_input
+
+
+def _encode_events(events: list[Any]) -> list[tuple[bytes, str]]:
+    """Return the canonical JSON and input hash of each event.
+
+    Raises:
+        _NeedsFullChecks: an event is not canonical, too large or contains too many containers.
+    """
+    encoded_events = []
+    for raw in events:
+        try:
+            encoded = canonical_bytes(raw)
+        except CanonicalJSONError:
+            raise _NeedsFullChecks from None
+        if len(encoded) > MAX_EVENT_BYTES or _too_many_containers(encoded) is not None:
+            raise _NeedsFullChecks
+        encoded_events.append((encoded, hashlib.sha256(encoded).hexdigest()))
+    return encoded_events
+
+
+def _unchecked_event_row(
+    raw: Any, claimed_id: str | None, subject: str, input_sha256: str, encoded: bytes, now: int, source: str, future_limit: str
+) -> tuple[Any, ...]:
+    """Return the events row of an event that the merge has yet to validate.
+
+    The columns are read from the input as ``validate_event`` would return
+    them for a valid event. Raises _NeedsFullChecks when a field does not
+    have the type a valid event has, or the event is dated in the future.
+    """
+    if claimed_id is None:
+        raise _NeedsFullChecks
+    event_type, created_at, signer = raw.get("event_type"), raw.get("created_at"), raw.get("signer")
+    if not isinstance(event_type, str) or not isinstance(created_at, str) or not isinstance(signer, dict):
+        raise _NeedsFullChecks
+    # A valid created_at has the one fixed-width form, whose string order
+    # is time order, so comparing strings gives the same result as
+    # check_not_future. An invalid one makes the merge list the event as invalid.
+    if created_at > future_limit:
+        raise _NeedsFullChecks
+    signed = "public_key_hex" in signer
+    signature_b64 = raw.get("signature_b64") if signed else None
+    if signed and not isinstance(signature_b64, str):
+        raise _NeedsFullChecks
+    return (
+        input_sha256, claimed_id, subject, event_type, created_at, int(signed), signature_b64,
+        0, now, source, encoded,
+    )
+
+
+def _stage_encoded(
+    events: list[Any],
+    encoded_events: list[tuple[bytes, str]],
+    subject: str,
+    now: int,
+    source: str,
+    stored_inputs: set[str],
+    id_is_stored: Callable[[str], bool] | None,
+    *,
+    decode: bool = True,
+) -> tuple[tuple[EventOutcome, ...], list[tuple[Any, ...]], list[Any]]:
+    """Return the outcomes, the events rows to insert and the decoded events of a document's events.
+
+    ``stored_inputs`` contains the input hashes among them that are stored
+    already, and ``id_is_stored`` says whether the subject has a stored
+    event with an id; None when the store holds no event of the subject.
+    Without ``decode`` the list of decoded events is left empty.
+
+    Raises:
+        _NeedsFullChecks: an event needs the per-event checks.
+    """
+    limit = _future_limit(now)
+    outcomes: list[EventOutcome] = []
+    rows: list[tuple[Any, ...]] = []
+    decoded: list[Any] = []
+    seen_ids: set[str] = set()
+    for index, (raw, (encoded, input_sha256)) in enumerate(zip(events, encoded_events)):
+        claimed_id = _claimed_text(raw, "event_id", EVENT_ID_PATTERN)
+        if input_sha256 in stored_inputs:
+            outcomes.append(EventOutcome(index, Status.DUPLICATE, input_sha256, claimed_id, subject, reason="input already stored"))
+            continue
+        row = _unchecked_event_row(raw, claimed_id, subject, input_sha256, encoded, now, source, limit)
+        if claimed_id in seen_ids or (id_is_stored is not None and id_is_stored(row[1])):
+            raise _NeedsFullChecks
+        # A second copy of this input later in the document is a duplicate.
+        stored_inputs.add(input_sha256)
+        seen_ids.add(row[1])
+        rows.append(row)
+        if decode:
+            decoded.append(json.loads(encoded))
+        outcomes.append(EventOutcome(index, Status.ACCEPTED, input_sha256, claimed_id, subject))
+    return tuple(outcomes), rows, decoded
+
+
+def _stage_new_subject(merge_input: MergeInput, record_json: bytes, now: int, source: str) -> _Staged:
+    """Check the document of a subject the store has nothing of, up to the merge.
+
+    Reads and writes nothing. Of a subject without a record and without
+    pending events the store contains no event, and an event's input hash
+    covers its subject, so none of the events can be stored already.
+
+    Raises:
+        _NeedsFullChecks: the document needs the per-event checks.
+    """
+    subject = merge_input.pith_number
+    aliases = sorted(_first_aliases(merge_input.aliases).items())
+    outcomes, event_rows, _ = _stage_encoded(
+        merge_input.events, _encode_events(merge_input.events), subject, now, source, set(), None, decode=False
+    )
+    source_fields = merge_input.record["source"]
+    record_columns = (
+        subject, parse_pith_number(subject).suffix, hashlib.sha256(record_json).hexdigest(), source_fields["kind"],
+        source_fields["id"], source_fields["version"], record_json,
+    )
+    return _Staged(
+        subject,
+        record_json,
+        record_columns,
+        # The values Store._merge_input would read back after the writes:
+        # the aliases in kind order, and (in _merge_staged) the record and
+        # events decoded from their canonical JSON, so the served bytes are
+        # the same.
+        [_alias_entry(kind, value, created_at) for kind, (value, created_at) in aliases],
+        [(subject, kind, value, value.lower(), created_at) for kind, (value, created_at) in aliases],
+        event_rows,
+        outcomes,
+        [row[10] for row in event_rows],
+    )
+
+
+def _merge_staged(record_json: bytes, alias_entries: list[dict[str, Any]], merge_events: list[bytes], trust: TrustConfig) -> _Merged | None:
+    """Merge a staged document; None when the merge rejects it or lists an invalid event.
+
+    Reads and writes nothing, so that a worker process can run it.
+    """
+    try:
+        state = merge(json.loads(record_json), alias_entries, [json.loads(encoded) for encoded in merge_events], trust)
+    except InvalidInput:
+        return None
+    if state["invalid_events"]:
+        return None
+    return str(state["state_sha256"]), served_bytes(state), 1 if state["current"]["record_created"] is not None else 0
+
+
+def _prepared(staged: _Staged, merged: _Merged, now: int, source: str) -> _Prepared:
+    state_sha256, state_json, proven = merged
+    return _Prepared(
+        staged.subject,
+        (*staged.record_columns, proven, now, source),
+        staged.alias_rows,
+        staged.event_rows,
+        staged.outcomes,
+        state_sha256,
+        state_json,
+    )
+
+
+def _stage_document(document: Any, kind: str, now: int, source: str) -> _Staged | None:
+    """Stage a document as if its subject were new; None when it needs the checked path."""
+    try:
+        merge_input = _document_input(document, kind)
+        record_json = _record_json(merge_input.record)
+        if _too_many_containers(record_json) is not None:
+            return None
+        return _stage_new_subject(merge_input, record_json, now, source)
+    except (InvalidInput, _StateHashMismatch, _NeedsFullChecks):
+        return None
+
+
+# Documents per task sent to an import worker process.
+MERGE_CHUNK = 500
+# Set in each worker process by _start_merge_worker.
+_worker_trust: TrustConfig | None = None
+
+
+def _start_merge_worker(trust: TrustConfig) -> None:
+    global _worker_trust
+    _worker_trust = trust
+    # Ctrl-C reaches the whole process group; the importing process stops
+    # the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _merge_chunk(items: list[tuple[bytes, list[dict[str, Any]], list[bytes]] | None]) -> list[_Merged | None]:
+    """Merge each staged document of a chunk in a worker process; None stands for a skipped or rejected one."""
+    trust = _worker_trust if _worker_trust is not None else default_trust()
+    merged: list[_Merged | None] = []
+    for item in items:
+        try:
+            merged.append(None if item is None else _merge_staged(*item, trust))
+        except Exception:  # noqa: BLE001 - the writer's checked path reports whatever this was
+            merged.append(None)
+    return merged
+
+
+_Chunk = tuple[list[_Staged | None], "Future[list[_Merged | None]] | None"]
+
+
+class _MergePool:
+    """Worker processes that merge staged bundles while the store writes earlier ones.
+
+    The writer stages each batch (checks every document up to the merge),
+    and the workers merge it: the merge, with its signature checks, is most
+    of the work of an import. A batch goes to the workers in chunks of
+    MERGE_CHUNK documents, so that the writer starts on a batch once its
+    first chunk is merged. A chunk the workers cannot merge (a worker died,
+    or the processes could not start) comes back as None for each
+    document, and the writer merges those itself.
+
+    Worker processes start with the "spawn" method, which imports the
+    program's main module again: a script that imports with workers must
+    guard its main code with ``if __name__ == "__main__":``.
+    """
+
+    def __init__(self, workers: int, trust: TrustConfig) -> None:
+        self._executor: ProcessPoolExecutor | None = None
+        try:
+            self._executor = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_merge_worker,
+                initargs=(trust,),
+            )
+        except (OSError, ValueError) as error:
+            logger.warning("cannot start %d import worker processes (%s); merging bundles in this process", workers, error)
+
+    def submit(self, staged: list[_Staged | None]) -> _Chunk:
+        """Send a chunk of staged documents to the workers; return it with the future of its merge results."""
+        if self._executor is None:
+            return staged, None
+        items = [None if entry is None else (entry.record_json, entry.alias_entries, entry.merge_events) for entry in staged]
+        try:
+            return staged, self._executor.submit(_merge_chunk, items)
+        except RuntimeError as error:  # BrokenProcessPool, or shut down
+            self._give_up(error)
+            return staged, None
+
+    def results(self, chunks: list[_Chunk]) -> Iterator[tuple[_Staged | None, _Merged | None]]:
+        """Yield each document's staged form and merge result, in order, as each chunk arrives."""
+        for staged, future in chunks:
+            merged: list[_Merged | None] | None = None
+            if future is not None:
+                try:
+                    merged = future.result()
+                except Exception as error:  # noqa: BLE001 - a dead worker; the writer merges this chunk itself
+                    self._give_up(error)
+            if merged is None or len(merged) != len(staged):
+                merged = [None] * len(staged)
+            yield from zip(staged, merged)
+
+    def _give_up(self, error: BaseException) -> None:
+        if self._executor is not None:
+            logger.warning("import worker processes failed (%s); merging the remaining bundles in this process", error)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+def _batches(documents: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(documents)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 class Store:
@@ -1000,7 +1351,7 @@ class Store:
 
         Every statement that inserts or deletes records, events or states,
         or changes an event's ``pending`` flag, calls this with its row
-        counts; ``integrity_check`` compares the counters with the tables.
+        counts. ``integrity_check`` compares the counters with the tables.
         """
         for name, delta in deltas.items():
             if delta:
@@ -1033,7 +1384,7 @@ class Store:
         return self._add_documents([document], "state", source, now)[0]
 
     def add_many_bundles(
-        self, documents: Iterable[Any], source: str, now: float, *, batch_size: int = 500
+        self, documents: Iterable[Any], source: str, now: float, *, batch_size: int = 500, workers: int = 0
     ) -> Iterator[DocumentOutcome]:
         """Import many bundles, one transaction per ``batch_size`` documents.
 
@@ -1042,17 +1393,63 @@ class Store:
         committed, so a caller may acknowledge each outcome as it arrives.
         If the caller stops iterating, the documents not yet yielded are
         not stored, except those of a batch that already committed.
+
+        With ``workers`` > 0 and more than one batch, that many worker
+        processes merge the bundles of the next batch while this process
+        writes the current one (see _MergePool). Only the merge moves: this
+        process still checks every document, reads the store, decides every
+        outcome and writes every row, so outcomes and rows are the same as
+        without workers.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        batch: list[Any] = []
-        for document in documents:
-            batch.append(document)
-            if len(batch) == batch_size:
+        if workers < 0:
+            raise ValueError(f"workers must be at least 0, got {workers}")
+        batches = _batches(documents, batch_size)
+        first = next(batches, None)
+        second = next(batches, None) if first is not None else None
+        if second is None or workers == 0:
+            for batch in itertools.chain([first] if first else [], [second] if second else [], batches):
                 yield from self._add_documents(batch, "bundle", source, now)
-                batch = []
-        if batch:
-            yield from self._add_documents(batch, "bundle", source, now)
+            return
+
+        label, stamp = _clip(str(source), MAX_LABEL_LENGTH), int(now)
+        pool = _MergePool(workers, self.trust)
+        queued: deque[tuple[list[Any], list[_Chunk]]] = deque()
+        try:
+            for batch in itertools.chain([first, second], batches):
+                unstored = self._skip_stored_subjects(batch)
+                chunks = []
+                for start in range(0, len(unstored), MERGE_CHUNK):
+                    part = unstored[start : start + MERGE_CHUNK]
+                    chunks.append(pool.submit([None if item is None else _stage_document(item, "bundle", stamp, label) for item in part]))
+                queued.append((batch, chunks))
+                # Keep the workers one batch ahead of the writer.
+                if len(queued) > 1:
+                    waiting, chunks = queued.popleft()
+                    yield from self._add_documents(waiting, "bundle", source, now, pool.results(chunks))
+            while queued:
+                waiting, chunks = queued.popleft()
+                yield from self._add_documents(waiting, "bundle", source, now, pool.results(chunks))
+        finally:
+            pool.close()
+
+    def _skip_stored_subjects(self, documents: list[Any]) -> list[Any]:
+        """Return ``documents`` with None for each whose claimed Pith number has a committed record.
+
+        Workers prepare documents as if their subjects were new; a stored
+        subject takes the writer's own path, so preparing it would be wasted.
+        """
+        claimed = [_claimed_text(document, "pith_number", _PITH_NUMBER_TEXT) for document in documents]
+        names = sorted({name for name in claimed if name is not None})
+        stored: set[str] = set()
+        with self.snapshot() as conn:
+            # Chunks stay far below SQLite's limit of 32,766 parameters.
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                query = f"SELECT pith_number FROM records WHERE pith_number IN ({','.join('?' * len(chunk))})"
+                stored.update(row[0] for row in conn.execute(query, chunk))
+        return [None if name in stored else document for name, document in zip(claimed, documents)]
 
     def add_events(self, events: Iterable[Any], source: str, now: float) -> list[EventOutcome]:
         """Store the valid events among ``events`` (in bundle form) and merge their subjects.
@@ -1085,13 +1482,26 @@ class Store:
             logger.info("deleted %d pending events older than %d s whose records never arrived", deleted, max_age)
         return deleted
 
-    def _add_documents(self, documents: list[Any], kind: str, source: str, now: float) -> list[DocumentOutcome]:
+    def _add_documents(
+        self,
+        documents: list[Any],
+        kind: str,
+        source: str,
+        now: float,
+        merged: Iterator[tuple[_Staged | None, _Merged | None]] | None = None,
+    ) -> list[DocumentOutcome]:
         with self._write_lock, self._write_transaction() as conn:
             batch = _Batch(conn, _clip(str(source), MAX_LABEL_LENGTH), int(now))
             # Documents bring their record, so their events are never
             # pending and this count cannot grow during the batch.
             batch.pending_events_exist = self._counter(conn, "pending") > 0
-            outcomes = [self._ingest_document(batch, document, kind) for document in documents]
+            outcomes = [
+                self._ingest_document(batch, document, kind, position, *(next(merged) if merged is not None else (None, None)))
+                for position, document in enumerate(documents)
+            ]
+            self._flush(batch)
+            for position, outcome in batch.replaced.items():
+                outcomes[position] = outcome
             previous = {
                 subject: self._stored_state_sha256(conn, subject) for subject in batch.touched if subject not in batch.previous
             }
@@ -1112,6 +1522,7 @@ class Store:
 
     def _finish_batch(self, batch: _Batch) -> None:
         """Merge every subject the batch touched and trim the rejections log, inside its transaction."""
+        self._flush(batch)
         for subject in sorted(batch.touched):
             self._remerge(batch.conn, subject, batch.now)
         if batch.rejected:
@@ -1119,9 +1530,27 @@ class Store:
                 "DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?", (self.limits.rejections_kept,)
             )
 
-    def _ingest_document(self, batch: _Batch, document: Any, kind: str) -> DocumentOutcome:
+    def _ingest_document(
+        self,
+        batch: _Batch,
+        document: Any,
+        kind: str,
+        position: int,
+        staged: _Staged | None = None,
+        merged: _Merged | None = None,
+        *,
+        buffer: bool = True,
+    ) -> DocumentOutcome:
+        """Store one document of a batch; ``staged`` and ``merged`` are its staged form and a worker's merge of it, if any.
+
+        With ``buffer`` the document of a new subject is staged and merged
+        (unless that was done already) and buffered; without, it takes the
+        checked path.
+        """
+        if staged is not None and merged is not None and buffer and self._is_new_subject(batch, staged.subject):
+            return self._buffer_new_subject(batch, document, kind, position, _prepared(staged, merged, batch.now, batch.source))
         try:
-            merge_input = self._document_input(document, kind)
+            merge_input = _document_input(document, kind)
         except InvalidInput as error:
             subject = _claimed_text(document, "pith_number", _PITH_NUMBER_TEXT)
             self._log_rejection(batch, document, subject, None, error.field, "invalid_document", error.reason, kind)
@@ -1140,16 +1569,17 @@ class Store:
             self._log_rejection(batch, document, subject, None, "canonical_record", "too_many_containers", reason, kind)
             return DocumentOutcome(Status.REJECTED, subject, field="canonical_record", code="too_many_containers", reason=reason)
         new_subject = self._is_new_subject(batch, subject)
-        if new_subject:
+        if new_subject and buffer:
             try:
-                return self._ingest_new_subject(batch, merge_input, record_json)
+                staged = _stage_new_subject(merge_input, record_json, batch.now, batch.source)
             except _NeedsFullChecks:
-                pass
-            except sqlite3.IntegrityError as error:
-                # The record's INSERT is the first write of that path, so
-                # nothing of the document is stored.
-                return self._reject_record_conflict(batch, document, subject, kind, error)
+                staged = None
+            merged = None if staged is None else _merge_staged(staged.record_json, staged.alias_entries, staged.merge_events, self.trust)
+            if staged is not None and merged is not None:
+                return self._buffer_new_subject(batch, document, kind, position, _prepared(staged, merged, batch.now, batch.source))
 
+        # The paths below read the stored rows of the subject.
+        self._flush(batch)
         conn = batch.conn
         conn.execute("SAVEPOINT document")
         try:
@@ -1197,8 +1627,9 @@ class Store:
     # A document is ingested in one of three ways. _ingest_checked validates
     # every event before storing it and merges the subject when the batch
     # finishes, and the merge validates every event again, so each signature
-    # is verified twice. _ingest_new_subject and _ingest_merged verify each
-    # signature once: they store the events after the checks that need no
+    # is verified twice. _stage_new_subject with _merge_staged (for a subject
+    # the store has nothing of, whose rows _flush writes) and _ingest_merged verify each
+    # signature once: they keep the events after the checks that need no
     # signature, merge the subject at once and let the merge's validation
     # stand for the per-event one. When the merge lists no invalid event,
     # every event passed validate_event with the same subject and trust
@@ -1219,40 +1650,78 @@ class Store:
             (subject,),
         ).fetchone() is None
 
-    def _ingest_new_subject(self, batch: _Batch, merge_input: MergeInput, record_json: bytes) -> DocumentOutcome:
-        """Merge the document of a subject the store has nothing of, then store it and its state.
+    def _buffer_new_subject(self, batch: _Batch, document: Any, kind: str, position: int, prepared: _Prepared) -> DocumentOutcome:
+        """Keep a prepared document of a new subject for ``_flush`` to write with the others of its batch.
 
-        Everything is checked and merged before the first write, so a
-        document that raises _NeedsFullChecks has written nothing and needs
-        no savepoint. Of the writes only the record's INSERT can fail (with
-        IntegrityError, on a record conflict), and it comes first.
+        The batch then counts its record as stored, so a later document of
+        the same subject flushes the buffer and takes the path for stored
+        subjects.
         """
-        conn = batch.conn
-        subject = merge_input.pith_number
-        aliases = _first_aliases(merge_input.aliases)
-        outcomes, rows, decoded = self._stage_events(batch, merge_input.events, subject, new_subject=True)
-        # The values _merge_input would read back after the writes: the
-        # record and events decoded from their canonical JSON and the aliases
-        # in kind order, so the served bytes are the same.
-        alias_entries = [_alias_entry(kind, value, created_at) for kind, (value, created_at) in sorted(aliases.items())]
-        try:
-            state = merge(json.loads(record_json), alias_entries, decoded, self.trust)
-        except InvalidInput:
-            raise _NeedsFullChecks from None
-        if state["invalid_events"]:
-            raise _NeedsFullChecks
+        batch.buffered.append(_Buffered(position, document, kind, prepared))
+        batch.known_records.add(prepared.subject)
+        batch.previous.setdefault(prepared.subject, None)
+        batch.merged[prepared.subject] = prepared.state_sha256
+        outcome = DocumentOutcome(Status.ACCEPTED, prepared.subject, prepared.outcomes)
+        # Writing as the batch goes, and not all at its end, keeps the rows
+        # of a whole batch from waiting for its last worker chunk.
+        if len(batch.buffered) >= MERGE_CHUNK:
+            self._flush(batch)
+        return outcome
 
-        if not self._insert_record(batch, merge_input, record_json):
-            raise StoreError(f"record {subject} appeared in {self.path} while a write transaction held the lock")
+    def _flush(self, batch: _Batch) -> None:
+        """Write the rows of every buffered document, with one statement per table.
+
+        Only a unique key can fail here: a record whose suffix or hash is
+        another stored record's (a 130-bit collision), or a row that some
+        other path wrote despite the checks. Then the documents are written
+        one at a time, and each one that fails takes the checked path, which
+        finds the conflict and reports it in the document's outcome.
+        """
+        if not batch.buffered:
+            return
+        entries, batch.buffered = batch.buffered, []
+        conn = batch.conn
+        conn.execute("SAVEPOINT buffered")
+        try:
+            self._insert_prepared(conn, batch.now, [entry.prepared for entry in entries])
+        except sqlite3.IntegrityError as error:
+            conn.execute("ROLLBACK TO buffered")
+            conn.execute("RELEASE buffered")
+            logger.warning("writing %d new subjects at once failed (%s); writing them one at a time", len(entries), error)
+        else:
+            conn.execute("RELEASE buffered")
+            return
+        for entry in entries:
+            conn.execute("SAVEPOINT buffered")
+            try:
+                self._insert_prepared(conn, batch.now, [entry.prepared])
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO buffered")
+                conn.execute("RELEASE buffered")
+                subject = entry.prepared.subject
+                batch.known_records.discard(subject)
+                batch.merged.pop(subject, None)
+                batch.previous.pop(subject, None)
+                batch.replaced[entry.position] = self._ingest_document(batch, entry.document, entry.kind, entry.position, buffer=False)
+            else:
+                conn.execute("RELEASE buffered")
+
+    def _insert_prepared(self, conn: sqlite3.Connection, now: int, prepared: list[_Prepared]) -> None:
+        conn.executemany(
+            "INSERT INTO records (pith_number, suffix, canonical_sha256, source_kind, source_id, source_version, "
+            "record_json, proven, received_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [entry.record_row for entry in prepared],
+        )
         conn.executemany(
             "INSERT INTO aliases (pith_number, kind, value, lookup_key, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(subject, kind, value, value.lower(), created_at) for kind, (value, created_at) in sorted(aliases.items())],
+            [row for entry in prepared for row in entry.alias_rows],
         )
-        self._insert_event_rows(conn, rows)
-        self._write_state(conn, subject, state, batch.now, new_record=True)
-        batch.previous.setdefault(subject, None)
-        batch.merged[subject] = str(state["state_sha256"])
-        return DocumentOutcome(Status.ACCEPTED, subject, outcomes)
+        self._insert_event_rows(conn, [row for entry in prepared for row in entry.event_rows])
+        conn.executemany(
+            "INSERT INTO states (pith_number, state_sha256, state_json, updated_at) VALUES (?, ?, ?, ?)",
+            [(entry.subject, entry.state_sha256, entry.state_json, now) for entry in prepared],
+        )
+        self._count_rows(conn, records=len(prepared), states=len(prepared))
 
     def _ingest_merged(self, batch: _Batch, merge_input: MergeInput, record_json: bytes) -> tuple[DocumentOutcome, int]:
         """Store a document of a subject that has a record or pending events, and merge the subject at once.
@@ -1263,7 +1732,7 @@ class Store:
         """
         conn = batch.conn
         subject = merge_input.pith_number
-        outcomes, rows, _ = self._stage_events(batch, merge_input.events, subject, new_subject=False)
+        outcomes, rows = self._stage_events(batch, merge_input.events, subject)
         record_status, waiting = self._store_record(batch, merge_input, record_json)
         aliases_changed = self._store_aliases(batch, subject, merge_input.aliases)
         self._insert_event_rows(conn, rows)
@@ -1289,52 +1758,26 @@ class Store:
         return outcome, waiting
 
     def _stage_events(
-        self, batch: _Batch, events: list[Any], subject: str, *, new_subject: bool
-    ) -> tuple[tuple[EventOutcome, ...], list[tuple[Any, ...]], list[Any]]:
-        """Return the outcomes, the events rows to insert and the decoded events of a document's events.
+        self, batch: _Batch, events: list[Any], subject: str
+    ) -> tuple[tuple[EventOutcome, ...], list[tuple[Any, ...]]]:
+        """Return the outcomes and the events rows to insert of the events of a document of a stored subject.
 
-        Only reads: nothing is written. With ``new_subject`` the store contains
-        no event of ``subject``, so no event id needs looking up.
+        Only reads: nothing is written.
 
         Raises:
             _NeedsFullChecks: an event needs the per-event checks.
         """
         conn = batch.conn
-        encoded_events = []
-        for raw in events:
-            try:
-                encoded = canonical_bytes(raw)
-            except CanonicalJSONError:
-                raise _NeedsFullChecks from None
-            if len(encoded) > MAX_EVENT_BYTES or _too_many_containers(encoded) is not None:
-                raise _NeedsFullChecks
-            encoded_events.append((encoded, hashlib.sha256(encoded).hexdigest()))
+        encoded_events = _encode_events(events)
         stored_inputs = self._stored_inputs(conn, [input_sha256 for _, input_sha256 in encoded_events])
 
-        outcomes: list[EventOutcome] = []
-        rows: list[tuple[Any, ...]] = []
-        decoded: list[Any] = []
-        seen_ids: set[str] = set()
-        for index, (raw, (encoded, input_sha256)) in enumerate(zip(events, encoded_events)):
-            claimed_id = _claimed_text(raw, "event_id", EVENT_ID_PATTERN)
-            if input_sha256 in stored_inputs:
-                outcomes.append(
-                    EventOutcome(index, Status.DUPLICATE, input_sha256, claimed_id, subject, reason="input already stored")
-                )
-                continue
-            row = self._unchecked_event_row(batch, raw, claimed_id, subject, input_sha256, encoded)
-            if claimed_id in seen_ids or (
-                not new_subject
-                and conn.execute("SELECT 1 FROM events WHERE subject = ? AND event_id = ?", (subject, claimed_id)).fetchone()
-            ):
-                raise _NeedsFullChecks
-            # A second copy of this input later in the document is a duplicate.
-            stored_inputs.add(input_sha256)
-            seen_ids.add(row[1])
-            rows.append(row)
-            decoded.append(json.loads(encoded))
-            outcomes.append(EventOutcome(index, Status.ACCEPTED, input_sha256, claimed_id, subject))
-        return tuple(outcomes), rows, decoded
+        def id_is_stored(event_id: str) -> bool:
+            return conn.execute("SELECT 1 FROM events WHERE subject = ? AND event_id = ?", (subject, event_id)).fetchone() is not None
+
+        outcomes, rows, _ = _stage_encoded(
+            events, encoded_events, subject, batch.now, batch.source, stored_inputs, id_is_stored, decode=False
+        )
+        return outcomes, rows
 
     @staticmethod
     def _insert_event_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -1357,59 +1800,6 @@ class Store:
             query = f"SELECT input_sha256 FROM events WHERE input_sha256 IN ({placeholders})"
             stored.update(row[0] for row in conn.execute(query, chunk))
         return stored
-
-    @staticmethod
-    def _unchecked_event_row(
-        batch: _Batch, raw: Any, claimed_id: str | None, subject: str, input_sha256: str, encoded: bytes
-    ) -> tuple[Any, ...]:
-        """Return the events row of an event that the merge has yet to validate.
-
-        The columns are read from the input as ``validate_event`` would
-        return them for a valid event. Raises _NeedsFullChecks when a field
-        does not have the type a valid event has, or the event is dated in
-        the future.
-        """
-        if claimed_id is None:
-            raise _NeedsFullChecks
-        event_type, created_at, signer = raw.get("event_type"), raw.get("created_at"), raw.get("signer")
-        if not isinstance(event_type, str) or not isinstance(created_at, str) or not isinstance(signer, dict):
-            raise _NeedsFullChecks
-        # A valid created_at has the one fixed-width form, whose string order
-        # is time order, so comparing strings gives the same result as
-        # check_not_future. An invalid one makes the merge list the event as invalid.
-        if created_at > batch.future_limit():
-            raise _NeedsFullChecks
-        signed = "public_key_hex" in signer
-        signature_b64 = raw.get("signature_b64") if signed else None
-        if signed and not isinstance(signature_b64, str):
-            raise _NeedsFullChecks
-        return (
-            input_sha256, claimed_id, subject, event_type, created_at, int(signed), signature_b64,
-            0, batch.now, batch.source, encoded,
-        )
-
-    def _document_input(self, document: Any, kind: str) -> MergeInput:
-        """Check a document and return its merge input.
-
-        Raises:
-            InvalidInput: the document is malformed.
-            _StateHashMismatch: a state document's hash does not match it.
-        """
-        if not isinstance(document, dict):
-            raise DocumentError("", f"document must be a JSON object, got {type(document).__name__}")
-        if kind == "bundle":
-            return bundle_input(document)
-        if "state_sha256" not in document:
-            raise DocumentError("state_sha256", "missing")
-        computed = state_hash({key: value for key, value in document.items() if key != "state_sha256"})
-        if document["state_sha256"] != computed:
-            raise _StateHashMismatch(
-                _claimed_text(document, "pith_number", _PITH_NUMBER_TEXT),
-                f"state_sha256 {_clip(repr(document['state_sha256']), 80)} does not match the document ({computed})",
-            )
-        merge_input = state_input(document)
-        check_aliases(merge_input.aliases, merge_input.pith_number, merge_input.record, field="current.source_aliases")
-        return merge_input
 
     def _store_record(self, batch: _Batch, merge_input: MergeInput, record_json: bytes) -> tuple[Status, int]:
         """Insert the document's record (``record_json`` is its canonical JSON) unless stored; return its status and the pending events it released."""

@@ -70,15 +70,18 @@ def test_import_smoke_states_hash_is_fixed(import_smoke: import_bench.ImportMeas
 def test_import_smoke_times_one_repetition(import_smoke: import_bench.ImportMeasurement) -> None:
     assert import_smoke.batch_size == 50
     assert len(import_smoke.core.wall) == 1
-    assert len(import_smoke.store.cpu) == 1
-    assert len(import_smoke.close.wall) == 1
+    assert list(import_smoke.stores) == [0, 1]
+    assert [len(times.cpu) for times in import_smoke.stores.values()] == [1, 1]
+    # One store is closed after each store pass.
+    assert len(import_smoke.close.wall) == 2
 
 
 def test_import_smoke_command_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert import_bench.main(["--smoke"]) == 0
     output = capsys.readouterr().out
     assert "200 bundles with 600 signed events, batches of 50" in output
-    assert "| store: Store.add_many_bundles, committed |" in output
+    assert "| store: Store.add_many_bundles, committed, 0 worker processes |" in output
+    assert "| store: Store.add_many_bundles, committed, 1 worker process |" in output
 
 
 def test_import_rejects_zero_repeat(tmp_path: Path) -> None:
