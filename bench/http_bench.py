@@ -28,7 +28,11 @@ percentiles, and the CPU seconds each server process used per request
 A third server shows the ceiling that Hypercorn itself sets: a minimal ASGI
 application that returns the same bytes from a dict, served by
 Hypercorn's trio worker with the daemon's settings. The daemon cannot be
-faster than it.
+faster than it. A fourth shows the ceiling of trio itself: a bare trio
+server, with no HTTP library, that reads each request up to its blank line,
+takes the path from its first line and sends a fixed head and the bytes
+from a dict in one write. It is no HTTP server (it ignores bodies and every
+header), only a bound on what any server on trio could reach here.
 
 ``--smoke`` runs neither nginx nor wrk: it starts the daemon on a small
 store and sends a fixed number of requests from one keep-alive connection
@@ -56,6 +60,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from node.store import Store
 from protocol import default_trust
@@ -317,10 +323,45 @@ async def _serve_static_asgi(root: Path, port: int) -> None:
     await serve(app, settings)  # type: ignore[arg-type]
 
 
-class StaticAsgiProcess:
-    """The minimal Hypercorn application of ``_serve_static_asgi`` in a child process, as a context manager."""
+async def _serve_bare_trio(root: Path, port: int) -> None:
+    """Serve GET requests for the files under ``root`` from memory over bare trio streams, without an HTTP library."""
+    bodies = {"/" + str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*.json")}
+    responses = {
+        path: b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        for path, body in bodies.items()
+    }
+    not_found = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 
-    def __init__(self, root: Path, log_path: Path, probe_path: str) -> None:
+    async def answer(stream: trio.SocketStream) -> None:
+        pending = b""
+        try:
+            while True:
+                end = pending.find(b"\r\n\r\n")
+                if end < 0:
+                    data = await stream.receive_some(65536)
+                    if not data or len(pending) > 65536:
+                        return
+                    pending += data
+                    continue
+                request_line = pending[: pending.find(b"\r\n")]
+                pending = pending[end + 4 :]
+                parts = request_line.split(b" ")
+                path = parts[1].decode("latin-1") if len(parts) == 3 else ""
+                await stream.send_all(responses.get(path, not_found))
+        except trio.BrokenResourceError:
+            return
+
+    await trio.serve_tcp(answer, port, host="127.0.0.1")
+
+
+class StaticAsgiProcess:
+    """The minimal Hypercorn application of ``_serve_static_asgi`` in a child process, as a context manager.
+
+    With ``bare`` it runs ``_serve_bare_trio`` instead.
+    """
+
+    def __init__(self, root: Path, log_path: Path, probe_path: str, *, bare: bool = False) -> None:
+        self.bare = bare
         self.root = root
         self.log_path = log_path
         self.probe_path = probe_path
@@ -335,7 +376,8 @@ class StaticAsgiProcess:
         return self.process.pid
 
     def __enter__(self) -> StaticAsgiProcess:
-        command = [sys.executable, "-m", "bench.http_bench", "--serve-static-asgi", str(self.root), "--port", str(self.port)]
+        option = "--serve-bare-trio" if self.bare else "--serve-static-asgi"
+        command = [sys.executable, "-m", "bench.http_bench", option, str(self.root), "--port", str(self.port)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
         try:
@@ -491,6 +533,7 @@ class HttpMeasurement:
     nginx: list[WrkRun] = field(default_factory=list)
     daemon: list[WrkRun] = field(default_factory=list)
     hypercorn: list[WrkRun] = field(default_factory=list)
+    bare_trio: list[WrkRun] = field(default_factory=list)
 
     @staticmethod
     def median_rps(runs: list[WrkRun]) -> float:
@@ -552,13 +595,15 @@ def measure(args: argparse.Namespace, work_dir: Path) -> HttpMeasurement:
         NginxProcess(nginx_binary, work_dir / "nginx", root, args.nginx_workers, probe) as nginx,
         DaemonProcess(data_dir, work_dir / "daemon.log") as daemon,
         StaticAsgiProcess(root, work_dir / "hypercorn.log", probe) as hypercorn,
+        StaticAsgiProcess(root, work_dir / "bare-trio.log", probe, bare=True) as bare,
     ):
-        bases = [nginx.base_url, daemon.base_url, hypercorn.base_url]
+        bases = [nginx.base_url, daemon.base_url, hypercorn.base_url, bare.base_url]
         _check_same_bytes(served, bases, random.Random(args.seed))
         servers = [
             ("nginx", nginx.base_url, nginx.pids, measurement.nginx),
             ("daemon", daemon.base_url, [daemon.pid], measurement.daemon),
             ("hypercorn", hypercorn.base_url, [hypercorn.pid], measurement.hypercorn),
+            ("bare trio", bare.base_url, [bare.pid], measurement.bare_trio),
         ]
         for name, url, pids, _ in servers:
             warm = run_wrk(wrk_binary, url, script, args.threads, args.connections, args.warmup, pids)
@@ -595,6 +640,7 @@ def format_report(measurement: HttpMeasurement, command: str, machine: dict[str,
         ("nginx (static files)", measurement.nginx),
         ("pith-mirror run", measurement.daemon),
         ("Hypercorn trio worker, minimal ASGI app, bytes from a dict (ceiling)", measurement.hypercorn),
+        ("bare trio streams, no HTTP library, bytes from a dict (ceiling of trio)", measurement.bare_trio),
     )
     for name, runs in rows:
         rps = measurement.median_rps(runs)
@@ -679,8 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke", action="store_true",
         help=f"serve {SMOKE_SUBJECTS} subjects with the daemon only and send {SMOKE_REQUESTS} requests from this process",
     )
-    # Used by the benchmark itself to start the Hypercorn ceiling in a child process.
+    # Used by the benchmark itself to start the two ceilings in child processes.
     parser.add_argument("--serve-static-asgi", type=Path, metavar="ROOT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare-trio", type=Path, metavar="ROOT", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     return parser
 
@@ -697,9 +744,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return 0 when every response was the stored state, else 1."""
     args = build_parser().parse_args(argv)
     if args.serve_static_asgi is not None:
-        import trio
-
         trio.run(_serve_static_asgi, args.serve_static_asgi, args.port)
+        return 0
+    if args.serve_bare_trio is not None:
+        trio.run(_serve_bare_trio, args.serve_bare_trio, args.port)
         return 0
     with tempfile.TemporaryDirectory(prefix="pith-http-bench-") as temporary:
         work_dir = Path(temporary)
