@@ -5,8 +5,8 @@ Sources:
 * a ``.json`` file holding a bundle or a state document;
 * a ``.jsonl`` file of published record lines (each line with a
   ``canonical_record`` becomes a bundle without events; lines without one
-  are skipped, because there is no record to store) or of bundle-form
-  events;
+  are skipped, because there is no record to store), of bundle-form events,
+  or of bundle and state documents, one per line;
 * a URL of one document (``.../pith/{suffix}/bundle.json`` or
   ``state.json``);
 * a mirror's base URL, or its ``/pith-mirrors.json``, with the suffixes to

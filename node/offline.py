@@ -4,8 +4,9 @@ Accepted inputs:
 
 * a JSON file holding one state document or one bundle document;
 * a JSON-lines file (``.jsonl``) whose lines are published record lines
-  (``pith_number`` and what the registry published with it) or bundle-form
-  events (lines with ``event_type``).
+  (``pith_number`` and what the registry published with it), bundle-form
+  events (lines with ``event_type``), or whole bundle and state documents
+  (lines with ``bundle_type`` or ``state_type``), in any mix.
 
 Each file is read whole with the document limits of the protocol core.
 """
@@ -75,6 +76,22 @@ def _read_bytes(path: str) -> bytes:
     return data
 
 
+def _line_kind(value: dict[str, Any]) -> str:
+    """Return the kind of one JSON-lines item: a signed event, a whole bundle or state, or else a record line.
+
+    A line with ``bundle_type`` or ``state_type`` is a bundle or a state even
+    when the type's value is wrong, so that the document's own checks name
+    that field.
+    """
+    if "event_type" in value:
+        return "event"
+    if "bundle_type" in value:
+        return "bundle"
+    if "state_type" in value:
+        return "state"
+    return "record"
+
+
 def read_items(path: str) -> Iterator[Item]:
     """Yield the items of one input file.
 
@@ -92,7 +109,7 @@ def read_items(path: str) -> Iterator[Item]:
             except InvalidInput as error:
                 yield Item(label, "line", error=error)
                 continue
-            yield Item(label, "event" if "event_type" in value else "record", value)
+            yield Item(label, _line_kind(value), value)
         return
 
     try:

@@ -17,6 +17,7 @@ import pytest
 
 from node.cli import main
 from node.demo import fixture_path
+from protocol import default_trust, emit_bundle, state_input
 from protocol.canonical import field_path
 from protocol.merge import state_hash
 
@@ -359,6 +360,32 @@ def test_verify_jsonl_bad_line_counted(
     assert status == 1
     assert out.splitlines()[1] == f"FAIL {target}:2: document is not valid UTF-8 at byte 0"
     assert out.splitlines()[-1] == "verified 3 items: 2 passed, 1 failed"
+
+
+def test_jsonl_of_documents_verifies_and_merges(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, published_state_bytes: bytes
+) -> None:
+    # A state line, a bundle line of the same subject, and a line whose
+    # bundle_type is wrong, which the bundle checks name.
+    state = json.loads(published_state_bytes)
+    merge_input = state_input(state)
+    bundle = emit_bundle(merge_input.record, merge_input.aliases, merge_input.events, default_trust())
+    target = tmp_path / "documents.jsonl"
+    lines = [json.dumps(state), json.dumps(bundle), json.dumps({**bundle, "bundle_type": "other"})]
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    status, out, _ = _run(capsys, "verify", str(target))
+    assert status == 1
+    assert out.splitlines()[0].startswith(f"OK   {target}:1 state ")
+    assert out.splitlines()[1].startswith(f"OK   {target}:2 bundle ")
+    assert out.splitlines()[2].startswith(f"FAIL {target}:3 bundle ")
+    assert "bundle_type" in out.splitlines()[2]
+    assert out.splitlines()[-1] == "verified 3 items: 2 passed, 1 failed"
+
+    target.write_text("\n".join(lines[:2]) + "\n", encoding="utf-8")
+    status, out, _ = _run(capsys, "merge", str(target))
+    assert status == 0
+    assert json.loads(out)["state_sha256"] == PUBLISHED_STATE_SHA256
 
 
 def test_verify_incomplete_event_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
