@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import (
+    CanonicalJSONError,
     DocumentError,
     InvalidInput,
     TrustConfig,
@@ -95,23 +96,17 @@ def _line_kind(value: dict[str, Any]) -> str:
 def read_items(path: str) -> Iterator[Item]:
     """Yield the items of one input file.
 
+    A ``.jsonl`` file is read line by line, so it may be of any size; each
+    line, like a whole ``.json`` file, is held to the document limits.
+
     Raises:
         InputError: the file cannot be read.
     """
-    data = _read_bytes(path)
     if path.endswith(".jsonl"):
-        for number, line in enumerate(data.split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            label = f"{path}:{number}"
-            try:
-                value = read_document(line)
-            except InvalidInput as error:
-                yield Item(label, "line", error=error)
-                continue
-            yield Item(label, _line_kind(value), value)
+        yield from _read_lines(path)
         return
 
+    data = _read_bytes(path)
     try:
         value = read_document(data)
         # A file holding one event, as ``pith-mirror sign`` writes it.
@@ -120,6 +115,33 @@ def read_items(path: str) -> Iterator[Item]:
         yield Item(path, "document", error=error)
         return
     yield Item(path, kind, value)
+
+
+def _read_lines(path: str) -> Iterator[Item]:
+    limit = DOCUMENT_LIMITS.max_bytes
+    try:
+        with open(path, "rb") as handle:
+            number = 0
+            while line := handle.readline(limit + 1):
+                number += 1
+                label = f"{path}:{number}"
+                if len(line) > limit and not line.endswith(b"\n"):
+                    # Skip the rest of the line, a bounded piece at a time.
+                    while (rest := handle.readline(limit)) and not rest.endswith(b"\n"):
+                        pass
+                    error = CanonicalJSONError("", f"line exceeds the limit of {limit} bytes")
+                    yield Item(label, "line", error=error)
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    value = read_document(line.removesuffix(b"\n"))
+                except InvalidInput as error:
+                    yield Item(label, "line", error=error)
+                    continue
+                yield Item(label, _line_kind(value), value)
+    except OSError as error:
+        raise InputError(f"{path}: cannot read: {error.strerror}") from None
 
 
 def _describe(value: dict[str, Any]) -> str:

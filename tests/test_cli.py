@@ -17,8 +17,9 @@ import pytest
 
 from node.cli import main
 from node.demo import fixture_path
+from node.offline import InputError, read_items
 from protocol import default_trust, emit_bundle, state_input
-from protocol.canonical import field_path
+from protocol.canonical import Limits, field_path
 from protocol.merge import state_hash
 
 PUBLISHED_STATE_SHA256 = "639b10615b1eed11474946d569750a736e62592919f04e71d6102b4d3b2b43ce"
@@ -619,3 +620,27 @@ def test_sign_rejects_tampered_key_file(capsys: pytest.CaptureFixture[str], tmp_
     status, _, err = _sign_hint(capsys, key_path)
     assert status == 2
     assert err == f"error: key file {key_path}: public_key_hex does not belong to seed_hex\n"
+
+
+def test_jsonl_read_line_by_line(tmp_path: Path, records_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file is four times the document limit and each line is within it;
+    # one line over the limit is reported and the lines after it are read.
+    lines = [line for line in records_path.read_bytes().splitlines() if line.strip()][:40]
+    limit = max(len(line) for line in lines) + 1
+    monkeypatch.setattr("node.offline.DOCUMENT_LIMITS", Limits(max_bytes=limit, max_depth=32, max_values=100_000))
+    target = tmp_path / "records.jsonl"
+    too_long = b'{"pith_number": "' + b"x" * (3 * limit) + b'"}'
+    target.write_bytes(b"\n".join([*lines[:20], too_long, *lines[20:]]) + b"\n")
+    assert target.stat().st_size > 4 * limit
+
+    items = list(read_items(str(target)))
+
+    assert len(items) == 41
+    assert [item.label for item in items if item.error is not None] == [f"{target}:21"]
+    assert str(items[20].error) == f"line exceeds the limit of {limit} bytes"
+    assert [item.value for item in items if item.error is None] == [json.loads(line) for line in lines]
+
+
+def test_jsonl_missing_file_is_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="missing.jsonl: cannot read: No such file or directory"):
+        list(read_items(str(tmp_path / "missing.jsonl")))
