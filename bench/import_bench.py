@@ -39,11 +39,13 @@ import cProfile
 import gc
 import hashlib
 import io
+import json
 import pstats
 import resource
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,6 +133,9 @@ class ImportMeasurement:
     counts: ImportCounts
     states_sha256: str
     store_bytes: int
+    # Runs of ``pith-mirror import`` on a JSON-lines file of the bundles,
+    # by the --workers value they were given.
+    commands: dict[int, PassTimes] = field(default_factory=dict)
 
     @property
     def store(self) -> PassTimes:
@@ -144,6 +149,26 @@ class ImportMeasurement:
     def cpu_ratio(self, workers: int) -> float:
         """Median CPU time (the workers' included) of the store pass with ``workers`` over the core pass's."""
         return self.stores[workers].median_cpu / self.core.median_cpu
+
+
+def write_jsonl(bundles: list[dict[str, Any]], path: Path) -> None:
+    """Write one bundle per line, as ``pith-mirror import`` reads them."""
+    with path.open("w", encoding="utf-8") as handle:
+        for bundle in bundles:
+            handle.write(json.dumps(bundle, separators=(",", ":"), ensure_ascii=False))
+            handle.write("\n")
+
+
+def run_command(source: Path, data_dir: Path, workers: int, times: PassTimes) -> None:
+    """Time ``pith-mirror import --workers N`` of ``source`` into a new store; its CPU time includes its workers'.
+
+    Raises:
+        BenchmarkError: the command failed or rejected something.
+    """
+    command = [sys.executable, "-m", "node", "import", "--data-dir", str(data_dir), "--workers", str(workers), str(source)]
+    result = _timed(lambda: subprocess.run(command, capture_output=True, text=True, check=False), times)
+    if result.returncode != 0 or " 0 rejected" not in result.stdout:
+        raise BenchmarkError(f"pith-mirror import exited {result.returncode}: {result.stdout.strip()} {result.stderr.strip()[-500:]}")
 
 
 # ---------------------------------------------------------------------------
@@ -299,6 +324,7 @@ def measure(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: Sequence[int] = (0,),
+    command_workers: Sequence[int] = (),
     trust: TrustConfig | None = None,
     keep_store: bool = False,
 ) -> ImportMeasurement:
@@ -306,6 +332,9 @@ def measure(
 
     Each store pass imports into a new directory under ``work_dir``; the
     last one is kept when ``keep_store`` is true, and the others are deleted.
+    For each count in ``command_workers`` each repetition also runs
+    ``pith-mirror import --workers N`` on a JSON-lines file of the bundles,
+    written in setup, and checks its states like a store pass's.
 
     Raises:
         BenchmarkError: a bundle or event was not accepted, or the store's
@@ -321,6 +350,10 @@ def measure(
     events = sum(len(document["events"]) for document in bundles)
     core, close = PassTimes(), PassTimes()
     stores = {count: PassTimes() for count in workers}
+    commands = {count: PassTimes() for count in command_workers}
+    source = work_dir / "bundles.jsonl"
+    if command_workers:
+        write_jsonl(bundles, source)
     expected: str | None = None
     counts = ImportCounts()
     size = 0
@@ -343,6 +376,12 @@ def measure(
             size = store_size_bytes(data_dir)
             if not (keep_store and number == repeat - 1 and count == workers[-1]):
                 shutil.rmtree(data_dir)
+        for count in command_workers:
+            data_dir = work_dir / f"command-{number}-{count}-workers"
+            run_command(source, data_dir, count, commands[count])
+            if _states_digest(stored_states(data_dir)) != expected:
+                raise BenchmarkError("pith-mirror import stored states that differ from the core's")
+            shutil.rmtree(data_dir)
 
     assert expected is not None
     return ImportMeasurement(
@@ -351,6 +390,7 @@ def measure(
         batch_size=batch_size,
         core=core,
         stores=stores,
+        commands=commands,
         close=close,
         counts=counts,
         states_sha256=expected,
@@ -385,6 +425,11 @@ def format_report(measurement: ImportMeasurement, command: str, machine: dict[st
         rows.append(
             (f"store: Store.add_many_bundles, committed, {count} worker process{'' if count == 1 else 'es'}",
              times, measurement.ratio(count), measurement.cpu_ratio(count))
+        )
+    for count, times in measurement.commands.items():
+        rows.append(
+            (f"command: pith-mirror import --workers {count} of a JSON-lines file",
+             times, times.median_wall / measurement.core.median_wall, times.median_cpu / measurement.core.median_cpu)
         )
     lines = [
         f"- Command: `{command}`",
@@ -459,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_worker_counts, default=(0,), metavar="N[,N...]",
         help="worker process counts; one store pass per count in each repetition (default 0)",
     )
+    parser.add_argument(
+        "--command-workers", type=_worker_counts, default=(), metavar="N[,N...]",
+        help="also time pith-mirror import of a JSON-lines file of the bundles, once per --workers value listed",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated workload (default 1)")
     parser.add_argument(
         "--smoke", action="store_true",
@@ -489,16 +538,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
         count, repeat, batch_size, cache_dir, workers = SMOKE_BUNDLES, 1, SMOKE_BATCH_SIZE, None, SMOKE_WORKERS
+        command_workers: Sequence[int] = ()
         events_per_bundle = EVENTS_PER_BUNDLE
         command = "python -m bench.import_bench --smoke"
     else:
         count, repeat, batch_size, workers = args.bundles, args.repeat, args.batch_size, args.workers
+        command_workers = args.command_workers
         events_per_bundle = args.events_per_bundle
         cache_dir = None if args.no_cache else args.cache_dir
         command = (
             f"python -m bench.import_bench --bundles {count} --events-per-bundle {events_per_bundle} "
             f"--batch-size {batch_size} --repeat {repeat} --workers {','.join(map(str, workers))}"
         )
+        if command_workers:
+            command += f" --command-workers {','.join(map(str, command_workers))}"
 
     temporary = None
     if args.work_dir is None:
@@ -511,7 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         bundles, origin = build_bundles(count, events_per_bundle, args.seed, cache_dir)
         print(f"setup: {count:,} bundles, events from {origin}, in {time.perf_counter() - start:.1f} s", flush=True)
-        measurement = measure(bundles, repeat, work_dir, batch_size=batch_size, workers=workers, keep_store=args.keep_store)
+        measurement = measure(
+            bundles, repeat, work_dir, batch_size=batch_size, workers=workers, command_workers=command_workers,
+            keep_store=args.keep_store,
+        )
         print()
         print(format_report(measurement, command, machine_facts()))
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
