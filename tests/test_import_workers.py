@@ -182,6 +182,22 @@ def test_failed_worker_chunk_left_to_writer(caplog: pytest.LogCaptureFixture) ->
     assert any("merging the remaining bundles in this process" in record.getMessage() for record in caplog.records)
 
 
+def test_stopping_early_keeps_committed_batches(tmp_path: Path) -> None:
+    # A caller that stops after the first batch's outcomes leaves that
+    # batch stored and nothing after it, and the workers are stopped.
+    bundles = [bundle for bundle in mixed_bundles() if isinstance(bundle, dict)][:12]
+    with Store(tmp_path) as store:
+        outcomes = store.add_many_bundles(bundles, "import", NOW, batch_size=4, workers=1)
+        first = [next(outcomes) for _ in range(4)]
+        outcomes.close()
+        stats = store.stats()
+        findings = store.integrity_check()
+
+    assert [outcome.subject for outcome in first] == [bundle["pith_number"] for bundle in bundles[:4]]
+    assert stats.records == len({bundle["pith_number"] for bundle in bundles[:4]})
+    assert findings == []
+
+
 def test_workers_argument_checked(tmp_path: Path) -> None:
     with Store(tmp_path) as store, pytest.raises(ValueError, match="workers must be at least 0, got -1"):
         list(store.add_many_bundles([], "import", NOW, workers=-1))
