@@ -1406,18 +1406,42 @@ class Store:
         if workers < 0:
             raise ValueError(f"workers must be at least 0, got {workers}")
         batches = _batches(documents, batch_size)
-        first = next(batches, None)
-        second = next(batches, None) if first is not None else None
-        if second is None or workers == 0:
-            for batch in itertools.chain([first] if first else [], [second] if second else [], batches):
+        if workers == 0:
+            for batch in batches:
                 yield from self._add_documents(batch, "bundle", source, now)
+            return
+
+        # With workers the next batch is read before the current one is
+        # stored. A source that fails while the next batch is read must
+        # still get the batches it delivered stored, as without workers, so
+        # the error is raised after them.
+        read_error: Exception | None = None
+
+        def next_batch() -> list[Any] | None:
+            nonlocal read_error
+            if read_error is not None:
+                return None
+            try:
+                return next(batches, None)
+            except Exception as error:  # noqa: BLE001 - raised again once the batches read are stored
+                read_error = error
+                return None
+
+        first = next_batch()
+        second = next_batch() if first is not None else None
+        if second is None:
+            if first is not None:
+                yield from self._add_documents(first, "bundle", source, now)
+            if read_error is not None:
+                raise read_error
             return
 
         label, stamp = _clip(str(source), MAX_LABEL_LENGTH), int(now)
         pool = _MergePool(workers, self.trust)
         queued: deque[tuple[list[Any], list[_Chunk]]] = deque()
         try:
-            for batch in itertools.chain([first, second], batches):
+            batch: list[Any] | None = first
+            while batch is not None:
                 unstored = self._skip_stored_subjects(batch)
                 chunks = []
                 for start in range(0, len(unstored), MERGE_CHUNK):
@@ -1428,11 +1452,14 @@ class Store:
                 if len(queued) > 1:
                     waiting, chunks = queued.popleft()
                     yield from self._add_documents(waiting, "bundle", source, now, pool.results(chunks))
+                batch = second if batch is first else next_batch()
             while queued:
                 waiting, chunks = queued.popleft()
                 yield from self._add_documents(waiting, "bundle", source, now, pool.results(chunks))
         finally:
             pool.close()
+        if read_error is not None:
+            raise read_error
 
     def _skip_stored_subjects(self, documents: list[Any]) -> list[Any]:
         """Return ``documents`` with None for each whose claimed Pith number has a committed record.

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,27 @@ def test_stopping_early_keeps_committed_batches(tmp_path: Path) -> None:
     assert [outcome.subject for outcome in first] == [bundle["pith_number"] for bundle in bundles[:4]]
     assert stats.records == len({bundle["pith_number"] for bundle in bundles[:4]})
     assert findings == []
+
+
+def failing_after(documents: list[Any], count: int) -> Iterator[Any]:
+    yield from documents[:count]
+    raise OSError("the source failed")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize(("count", "stored"), [(3, 0), (6, 4), (9, 8)])
+def test_failing_source_keeps_read_batches(tmp_path: Path, workers: int, count: int, stored: int) -> None:
+    # The source fails part way into a batch: every whole batch it delivered
+    # before is stored, with or without workers, and then the error is raised.
+    bundles = [bundle for bundle in mixed_bundles() if isinstance(bundle, dict)][:12]
+    outcomes: list[DocumentOutcome] = []
+    with Store(tmp_path) as store:
+        with pytest.raises(OSError, match="the source failed"):
+            outcomes.extend(store.add_many_bundles(failing_after(bundles, count), "import", NOW, batch_size=4, workers=workers))
+        records = store.stats().records
+
+    assert len(outcomes) == stored
+    assert records == len({bundle["pith_number"] for bundle in bundles[:stored]})
 
 
 def test_workers_argument_checked(tmp_path: Path) -> None:
