@@ -215,6 +215,12 @@ def command_import(args: argparse.Namespace) -> int:
         print(f"  rejected {count} x {code}: {summary.examples.get(code, '')}")
     for failure in summary.failed_sources:
         print(f"  failed source {failure}")
+    if summary.interrupted_by is not None:
+        print(
+            f"  stopped by {summary.interrupted_by.name}: the items counted above are stored; "
+            "run the same import again to store the rest"
+        )
+        return 128 + summary.interrupted_by.value
     if summary.failed_sources:
         return EXIT_UNREADABLE
     return EXIT_OK if summary.rejected == 0 else EXIT_FAILED
@@ -368,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         "import",
         help="import bundles, states, record files or HTTP mirrors into the store",
         description="Store every valid item of each source; print accepted, duplicate and rejected counts. "
-        "Exit status: 0 all stored, 1 some items rejected, 2 a source could not be read.",
+        "Exit status: 0 all stored, 1 some items rejected, 2 a source could not be read, 130 or 143 stopped by "
+        "SIGINT or SIGTERM after the transaction being written.",
     )
     add_config_arguments(import_)
     import_.add_argument("sources", nargs="+", metavar="PATH|URL", help=".json or .jsonl file, document URL, or mirror base URL")

@@ -23,6 +23,8 @@ import itertools
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -56,6 +58,10 @@ BATCH_SIZE = 5000
 # Worker processes that merge bundles while the importing process checks and
 # writes them: the default takes every CPU but one, up to this many.
 MAX_DEFAULT_WORKERS = 4
+# Event lines of a file stored per transaction. They are kept until the end
+# of the file up to this many, so that events listed before their records'
+# bundles in the same file do not wait as pending events.
+EVENTS_PER_TRANSACTION = 50_000
 # Records fetched from a mirror at the same time.
 FETCH_CONCURRENCY = 8
 # emit_bundle validates events against a trust configuration; record lines
@@ -74,6 +80,8 @@ class ImportSummary:
     failed_sources: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
+    # The signal that stopped the import early, or None.
+    interrupted_by: signal.Signals | None = None
 
     def count(self, status: Status | str, code: str | None = None, reason: str | None = None) -> None:
         """Add one outcome."""
@@ -124,6 +132,9 @@ def _documents_from_file(path: str, summary: ImportSummary) -> Iterator[tuple[st
             continue
         if item.kind == "event":
             events.append(item.value)
+            if len(events) >= EVENTS_PER_TRANSACTION:
+                yield "events", events
+                events = []
         elif item.kind == "record":
             record = item.value.get("canonical_record")
             if not isinstance(record, dict):
@@ -142,21 +153,29 @@ def _documents_from_file(path: str, summary: ImportSummary) -> Iterator[tuple[st
 
 
 
-def _store_file(store: Store, path: str, summary: ImportSummary, progress: Progress | None, workers: int) -> None:
+def _store_file(
+    store: Store, path: str, summary: ImportSummary, progress: Progress | None, workers: int, stop: threading.Event
+) -> None:
+    """Store the items of one file; once ``stop`` is set, return after the transaction being written."""
     now = time.time()
     source = f"import:{path}"
     task = progress.add_task(f"import {Path(path).name}", total=None) if progress else None
     for kind, group in itertools.groupby(_documents_from_file(path, summary), key=lambda item: item[0]):
+        if stop.is_set():
+            return
         if kind == "bundle":
             # The whole run of bundles is one generator, so that the workers
             # merge the next batch while the store writes this one.
             bundles = (value for _, value in group)
-            for outcome in store.add_many_bundles(bundles, source, now, batch_size=BATCH_SIZE, workers=workers):
+            outcomes = store.add_many_bundles(bundles, source, now, batch_size=BATCH_SIZE, workers=workers, stop=stop.is_set)
+            for outcome in outcomes:
                 summary.add_document(outcome)
                 if progress and task is not None:
                     progress.advance(task)
             continue
         for _, value in group:
+            if stop.is_set():
+                return
             if kind == "state":
                 summary.add_document(store.add_state(value, source, now))
             else:
@@ -255,6 +274,7 @@ async def import_sources(
     trust = load_trust(config.trust_file)
     workers = default_workers() if workers is None else workers
     summary = ImportSummary()
+    stop = threading.Event()
     store = await trio.to_thread.run_sync(lambda: Store(config.data_dir, trust))
     console = console or Console(stderr=True)
     progress = (
@@ -266,26 +286,57 @@ async def import_sources(
     try:
         if progress:
             progress.start()
-        async with MirrorClient(
-            config.dial_policy(), timeouts, config.fetch_max_response_bytes, config.fetch_retries, config.fetch_backoff
-        ) as client:
-            for source in sources:
-                logger.info("importing %s", source)
-                try:
-                    if source.startswith(("http://", "https://")):
-                        await _import_url(client, store, source, suffixes, summary, progress)
-                    else:
-                        await trio.to_thread.run_sync(_store_file, store, source, summary, progress, workers)
-                except (InputError, FetchError) as error:
-                    summary.failed_sources.append(f"{source}: {error}")
-                    logger.error("import of %s failed: %s", source, error)
+        async with (
+            MirrorClient(
+                config.dial_policy(), timeouts, config.fetch_max_response_bytes, config.fetch_retries, config.fetch_backoff
+            ) as client,
+            trio.open_nursery() as nursery,
+        ):
+            work = trio.CancelScope()
+            await nursery.start(_stop_on_signals, stop, work, summary)
+            with work:
+                for source in sources:
+                    if stop.is_set():
+                        break
+                    logger.info("importing %s", source)
+                    try:
+                        if source.startswith(("http://", "https://")):
+                            await _import_url(client, store, source, suffixes, summary, progress)
+                        else:
+                            await trio.to_thread.run_sync(_store_file, store, source, summary, progress, workers, stop)
+                    except (InputError, FetchError) as error:
+                        summary.failed_sources.append(f"{source}: {error}")
+                        logger.error("import of %s failed: %s", source, error)
+            nursery.cancel_scope.cancel()
     finally:
         if progress:
             progress.stop()
         await trio.to_thread.run_sync(store.close)
     logger.info(
-        "import finished: %d accepted, %d duplicate, %d rejected, %d skipped",
+        "import %s: %d accepted, %d duplicate, %d rejected, %d skipped",
+        "finished" if summary.interrupted_by is None else f"stopped by {summary.interrupted_by.name}",
         summary.accepted, summary.duplicate, summary.rejected, summary.skipped,
     )
     return summary
+
+
+async def _stop_on_signals(
+    stop: threading.Event, work: trio.CancelScope, summary: ImportSummary, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Stop the import at SIGINT or SIGTERM, once the transaction being written has committed.
+
+    A second signal ends the process at once; the store loses nothing that
+    committed, as after a kill.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for number in signals:
+            received = signal.Signals(number)
+            if stop.is_set():
+                logger.warning("received %s again; exiting now", received.name)
+                os._exit(128 + received.value)
+            logger.warning("received %s; stopping after the transaction being written (send it again to exit now)", received.name)
+            summary.interrupted_by = received
+            stop.set()
+            work.cancel()
 

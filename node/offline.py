@@ -8,7 +8,8 @@ Accepted inputs:
   events (lines with ``event_type``), or whole bundle and state documents
   (lines with ``bundle_type`` or ``state_type``), in any mix.
 
-Each file is read whole with the document limits of the protocol core.
+A ``.json`` file is read whole and a ``.jsonl`` file line by line. Each
+document or line is held to the document limits of the protocol core.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from protocol import (
     CanonicalJSONError,
@@ -93,10 +94,33 @@ def _line_kind(value: dict[str, Any]) -> str:
     return "record"
 
 
+# An over-long line of a JSON-lines file is skipped up to this many bytes.
+# A longer one ends the file: it is no line of records, and a stream such as
+# /dev/zero would never end it. Reading 1 GiB takes about a second.
+MAX_SKIPPED_BYTES = 1024 * 1024 * 1024
+# Bytes read at a time while a line is skipped.
+SKIP_PIECE_BYTES = 1024 * 1024
+
+
+def _skip_line(handle: BinaryIO, path: str, number: int) -> None:
+    """Read past the rest of an over-long line, a bounded piece at a time.
+
+    Raises:
+        InputError: the line goes on past MAX_SKIPPED_BYTES.
+    """
+    skipped = 0
+    while skipped < MAX_SKIPPED_BYTES:
+        rest = handle.readline(SKIP_PIECE_BYTES)
+        if not rest or rest.endswith(b"\n"):
+            return
+        skipped += len(rest)
+    raise InputError(f"{path}:{number}: line is longer than {MAX_SKIPPED_BYTES} bytes; stopped reading the file")
+
+
 def read_items(path: str) -> Iterator[Item]:
     """Yield the items of one input file.
 
-    A ``.jsonl`` file is read line by line, so it may be of any size; each
+    A ``.jsonl`` file is read line by line, so it may be of any size. Each
     line, like a whole ``.json`` file, is held to the document limits.
 
     Raises:
@@ -126,11 +150,8 @@ def _read_lines(path: str) -> Iterator[Item]:
                 number += 1
                 label = f"{path}:{number}"
                 if len(line) > limit and not line.endswith(b"\n"):
-                    # Skip the rest of the line, a bounded piece at a time.
-                    while (rest := handle.readline(limit)) and not rest.endswith(b"\n"):
-                        pass
-                    error = CanonicalJSONError("", f"line exceeds the limit of {limit} bytes")
-                    yield Item(label, "line", error=error)
+                    yield Item(label, "line", error=CanonicalJSONError("", f"line exceeds the limit of {limit} bytes"))
+                    _skip_line(handle, path, number)
                     continue
                 if not line.strip():
                     continue

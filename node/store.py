@@ -89,6 +89,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import re
@@ -687,8 +688,8 @@ def _stage_encoded(
     """Return the outcomes, the events rows to insert and the decoded events of a document's events.
 
     ``stored_inputs`` contains the input hashes among them that are stored
-    already, and ``id_is_stored`` says whether the subject has a stored
-    event with an id; None when the store holds no event of the subject.
+    already. ``id_is_stored`` returns whether the subject has a stored
+    event with an id, and is None when the store has no event of the subject.
     Without ``decode`` the list of decoded events is left empty.
 
     Raises:
@@ -804,6 +805,16 @@ def _start_merge_worker(trust: TrustConfig) -> None:
     # Ctrl-C reaches the whole process group; the importing process stops
     # the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker waits for tasks on a pipe that stays open when the importing
+    # process is killed, so it watches that process and exits with it.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _merge_chunk(items: list[tuple[bytes, list[dict[str, Any]], list[bytes]] | None]) -> list[_Merged | None]:
@@ -856,7 +867,10 @@ class _MergePool:
         items = [None if entry is None else (entry.record_json, entry.alias_entries, entry.merge_events) for entry in staged]
         try:
             return staged, self._executor.submit(_merge_chunk, items)
-        except RuntimeError as error:  # BrokenProcessPool, or shut down
+        except (RuntimeError, OSError) as error:
+            # BrokenProcessPool, or a worker process that could not start:
+            # the executor starts them in submit, and fork fails with EAGAIN
+            # at the process limit.
             self._give_up(error)
             return staged, None
 
@@ -1384,7 +1398,14 @@ class Store:
         return self._add_documents([document], "state", source, now)[0]
 
     def add_many_bundles(
-        self, documents: Iterable[Any], source: str, now: float, *, batch_size: int = 500, workers: int = 0
+        self,
+        documents: Iterable[Any],
+        source: str,
+        now: float,
+        *,
+        batch_size: int = 500,
+        workers: int = 0,
+        stop: Callable[[], bool] | None = None,
     ) -> Iterator[DocumentOutcome]:
         """Import many bundles, one transaction per ``batch_size`` documents.
 
@@ -1400,14 +1421,23 @@ class Store:
         process still checks every document, reads the store, decides every
         outcome and writes every row, so outcomes and rows are the same as
         without workers.
+
+        ``stop`` is called before each batch is written; once it returns
+        true, no further batch is read or written and the generator ends.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if workers < 0:
             raise ValueError(f"workers must be at least 0, got {workers}")
         batches = _batches(documents, batch_size)
+
+        def stopped() -> bool:
+            return stop is not None and stop()
+
         if workers == 0:
             for batch in batches:
+                if stopped():
+                    return
                 yield from self._add_documents(batch, "bundle", source, now)
             return
 
@@ -1430,7 +1460,7 @@ class Store:
         first = next_batch()
         second = next_batch() if first is not None else None
         if second is None:
-            if first is not None:
+            if first is not None and not stopped():
                 yield from self._add_documents(first, "bundle", source, now)
             if read_error is not None:
                 raise read_error
@@ -1450,10 +1480,14 @@ class Store:
                 queued.append((batch, chunks))
                 # Keep the workers one batch ahead of the writer.
                 if len(queued) > 1:
+                    if stopped():
+                        return
                     waiting, chunks = queued.popleft()
                     yield from self._add_documents(waiting, "bundle", source, now, pool.results(chunks))
                 batch = second if batch is first else next_batch()
             while queued:
+                if stopped():
+                    return
                 waiting, chunks = queued.popleft()
                 yield from self._add_documents(waiting, "bundle", source, now, pool.results(chunks))
         finally:

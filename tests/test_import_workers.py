@@ -21,7 +21,7 @@ from node.demo import fixture_path
 from node.importer import default_workers, import_sources
 from node.store import STORE_FILENAME, DocumentOutcome, Status, Store, _MergePool
 from protocol import SigningKey, canonical_bytes, default_trust, emit_bundle, read_document, state_input
-from test_store import NOW, PUBLISHED_STATE_SHA256, record_lines
+from test_store import NOW, PUBLISHED_STATE_SHA256, PUBLISHED_SUBJECT, record_lines
 from test_store import mirror_hint as hint
 
 TABLES = ("records", "aliases", "events", "states", "rejections", "counters")
@@ -259,6 +259,28 @@ async def test_import_jsonl_of_bundles_with_workers(tmp_path: Path, monkeypatch:
     for summary in summaries:
         assert (summary.accepted, summary.duplicate, summary.rejected) == (30, 4, 3)
         assert summary.reasons == {"invalid_document": 1, "bad_signature": 1, "future_timestamp": 1}
+
+
+@pytest.mark.trio
+async def test_event_lines_stored_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Event lines are stored a few at a time; the ones listed before their
+    # record's state wait as pending events and are merged when it comes.
+    monkeypatch.setattr("node.importer.EVENTS_PER_TRANSACTION", 2)
+    key = SigningKey.generate()
+    events = [hint(key, PUBLISHED_SUBJECT, f"slot{number}") for number in range(5)]
+    state = read_document(fixture_path("state-JXMVLSVZ7B4A7F3JLM5PIYYILY.json").read_bytes())
+    source = tmp_path / "events.jsonl"
+    lines = [json.dumps(event) for event in events[:3]] + [json.dumps(state)] + [json.dumps(event) for event in events[3:]]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    summary = await import_sources(Config(data_dir=tmp_path / "data"), [str(source)], [], show_progress=False, workers=0)
+
+    with Store(tmp_path / "data") as store:
+        stats = store.stats()
+        applied = store.get_state(PUBLISHED_SUBJECT)["applied_event_ids"]
+    assert (summary.accepted, summary.rejected) == (8, 0)
+    assert (stats.events, stats.pending_events) == (7, 0)
+    assert {event["event_id"] for event in events} <= set(applied)
 
 
 def test_default_workers_bounds() -> None:
