@@ -84,6 +84,7 @@ committed snapshot and do not wait for a write in progress.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import itertools
 import json
@@ -520,15 +521,10 @@ class _Batch:
     # sent through the checked path, by position in the batch.
     buffered: list[_Buffered] = field(default_factory=list)
     replaced: dict[int, DocumentOutcome] = field(default_factory=dict)
-    _future_limit: str | None = None
-
-    def future_limit(self) -> str:
-        """Return the latest created_at that ``check_not_future`` accepts at ``now``, as a timestamp."""
-        if self._future_limit is None:
-            self._future_limit = _future_limit(self.now)
-        return self._future_limit
 
 
+# Every document of a batch asks for the same clock reading.
+@functools.lru_cache(maxsize=16)
 def _future_limit(now: int) -> str:
     """Return the latest created_at that ``check_not_future`` accepts at ``now``, as a timestamp."""
     limit = now + MAX_FUTURE_SKEW_SECONDS
