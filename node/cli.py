@@ -211,6 +211,11 @@ def command_import(args: argparse.Namespace) -> int:
         f"imported into {config.data_dir}: {summary.accepted} accepted, {summary.duplicate} duplicate, "
         f"{summary.rejected} rejected, {summary.skipped} skipped"
     )
+    if summary.pending:
+        print(
+            f"  {summary.pending} of the accepted events wait as pending events: their records are not in the store; "
+            "import the records' bundles or states to merge them"
+        )
     for code, count in summary.reasons.most_common():
         print(f"  rejected {count} x {code}: {summary.examples.get(code, '')}")
     for failure in summary.failed_sources:
@@ -373,11 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     import_ = commands.add_parser(
         "import",
         help="import bundles, states, record files or HTTP mirrors into the store",
-        description="Store every valid item of each source; print accepted, duplicate and rejected counts. "
-        "Exit status: 0 all stored, 1 some items rejected, 2 a source could not be read, 130 or 143 stopped by "
-        "SIGINT or SIGTERM after the transaction being written.",
+        description="Store every valid item of each source and print how many were accepted, duplicate, rejected "
+        "and skipped; each document and each of its events counts as one item. A file's format follows its name: "
+        ".jsonl is read as JSON lines, anything else as one JSON document. "
+        "Exit status: 0 all stored, 1 some items rejected, 2 a source could not be read, the store is in use "
+        "or the command line is wrong, 130 or 143 stopped by SIGINT or SIGTERM after the transaction being written.",
     )
-    add_config_arguments(import_)
+    add_config_arguments(import_, listeners=False)
     import_.add_argument("sources", nargs="+", metavar="PATH|URL", help=".json or .jsonl file, document URL, or mirror base URL")
     import_.add_argument("--suffix", action="append", metavar="SUFFIX", help="record to fetch from a mirror URL; repeat for several")
     import_.add_argument("--suffixes-from", metavar="FILE", help="file naming records to fetch, one suffix, Pith number or record line per line")
@@ -385,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_worker_count,
         metavar="N",
-        help="processes that merge bundles while the importer checks and writes them (default: one per CPU beyond the first, "
-        "at most 4; 0 for none)",
+        help="processes that merge bundles while the importer checks and writes them, from a file's second batch of "
+        "5,000 bundles on (default: one per CPU beyond the first, at most 4; 0 to 64)",
     )
     import_.set_defaults(handler=command_import)
 

@@ -542,17 +542,20 @@ _ARGUMENT_DESTS = {
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and every configuration flag to ``parser``.
+def add_config_arguments(parser: argparse.ArgumentParser, *, listeners: bool = True) -> None:
+    """Add ``--config`` and the configuration flags to ``parser``.
 
     ``overrides_from_args`` reads them back. Every default is ``None``, so
-    that an absent flag leaves the lower layers in effect.
+    that an absent flag leaves the lower layers in effect. Without
+    ``listeners`` the daemon's network flags (``--http``, ``--gossip``,
+    ``--peer``) are left out, for commands that start no daemon.
     """
     parser.add_argument("--config", dest="config_path", metavar="PATH", type=Path, help=f"TOML configuration file (default: ${CONFIG_ENV}, else DATA_DIR/{CONFIG_FILE_NAME} if it exists)")
     parser.add_argument("--data-dir", dest="data_dir", metavar="PATH", help="data directory (default: $XDG_DATA_HOME/pith-mirror or ~/.local/share/pith-mirror)")
-    parser.add_argument("--http", dest="http_listen", metavar="HOST:PORT", help="HTTP API listen address (default: 127.0.0.1:8080)")
-    parser.add_argument("--gossip", dest="gossip_listen", metavar="HOST:PORT", help="gossip listen address (default: 127.0.0.1:9090)")
-    parser.add_argument("--peer", dest="peers", metavar="HOST:PORT", action="append", help="seed peer; repeat for several (replaces the configured list)")
+    if listeners:
+        parser.add_argument("--http", dest="http_listen", metavar="HOST:PORT", help="HTTP API listen address (default: 127.0.0.1:8080)")
+        parser.add_argument("--gossip", dest="gossip_listen", metavar="HOST:PORT", help="gossip listen address (default: 127.0.0.1:9090)")
+        parser.add_argument("--peer", dest="peers", metavar="HOST:PORT", action="append", help="seed peer; repeat for several (replaces the configured list)")
     parser.add_argument("--trust", dest="trust_file", metavar="PATH", help="trust configuration JSON file (default: the built-in trust)")
     parser.add_argument("--log-level", dest="log_level", metavar="LEVEL", help=f"log level: {', '.join(LOG_LEVELS)} (default: INFO)")
 

@@ -425,7 +425,7 @@ class DialPolicy:
             return _reject("localhost", f"host {host!r} is a localhost name, which is never dialled")
         if len(labels) == 1 or name.endswith(_LOCAL_NAME_SUFFIXES):
             if not self.allow_private:
-                return _reject("local_name", f"host {host!r} is a local network name; allow_private is off")
+                return _reject("local_name", f"host {host!r} is a local network name; allow_private_addresses is off")
         decision = DialDecision(True, f"host name {name!r} has a valid form; its resolved addresses must be checked", "allowed")
         return self._with_target(decision, name, None)
 
@@ -485,10 +485,14 @@ class DialPolicy:
             if address not in entry.network:
                 continue
             if entry.allowed_by == _LOOPBACK and self.allow_loopback:
-                return DialDecision(True, f"{address} is {entry.description}; allow_loopback is on", "allowed")
+                return DialDecision(True, f"{address} is {entry.description}; allow_loopback_addresses is on", "allowed")
             if entry.allowed_by == _PRIVATE and self.allow_private:
-                return DialDecision(True, f"{address} is {entry.description}; allow_private is on", "allowed")
-            setting = {_LOOPBACK: "; allow_loopback is off", _PRIVATE: "; allow_private is off"}.get(entry.allowed_by, ", never dialled")
+                return DialDecision(True, f"{address} is {entry.description}; allow_private_addresses is on", "allowed")
+            # The names of the configuration keys (docs/operations.md) that allow these ranges.
+            setting = {
+                _LOOPBACK: "; allow_loopback_addresses is off",
+                _PRIVATE: "; allow_private_addresses is off",
+            }.get(entry.allowed_by, ", never dialled")
             return _reject(entry.code, f"{address} is {entry.description}{setting}")
         return None
 

@@ -77,6 +77,9 @@ class ImportSummary:
     duplicate: int = 0
     rejected: int = 0
     skipped: int = 0
+    # Accepted events whose record is not stored: they wait as pending
+    # events and are merged when the record arrives.
+    pending: int = 0
     failed_sources: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
@@ -103,8 +106,13 @@ class ImportSummary:
             self.add_event(event)
 
     def add_event(self, outcome: EventOutcome) -> None:
-        """Add one event outcome."""
-        self.count(outcome.status, outcome.code, outcome.reason)
+        """Add one event outcome; a rejection's example names the event and its subject."""
+        reason = outcome.reason
+        if outcome.status == Status.REJECTED:
+            reason = f"event {outcome.event_id or '(no valid event_id)'} of {outcome.subject or '(unknown subject)'}: {reason}"
+        elif outcome.status == Status.ACCEPTED and outcome.pending:
+            self.pending += 1
+        self.count(outcome.status, outcome.code, reason)
 
     @property
     def ok(self) -> bool:
@@ -305,7 +313,9 @@ async def import_sources(
                         else:
                             await trio.to_thread.run_sync(_store_file, store, source, summary, progress, workers, stop)
                     except (InputError, FetchError) as error:
-                        summary.failed_sources.append(f"{source}: {error}")
+                        # Most of these messages begin with the source already.
+                        message = str(error)
+                        summary.failed_sources.append(message if message.startswith(source) else f"{source}: {message}")
                         logger.error("import of %s failed: %s", source, error)
             nursery.cancel_scope.cancel()
     finally:

@@ -347,7 +347,7 @@ def parse_json(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> Any:
         value = _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise CanonicalJSONError(
-            "", f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            "", f"not valid JSON: {error.msg}: line {error.lineno} column {error.colno}"
         ) from None
     except RecursionError:
         raise CanonicalJSONError("", "nesting is too deep to decode") from None

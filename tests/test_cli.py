@@ -333,8 +333,8 @@ def test_verify_unreadable_among_good(capsys: pytest.CaptureFixture[str], tmp_pa
 
 UNDECODABLE = [
     pytest.param("bad.json", b"\xff\xfe{}", "document is not valid UTF-8 at byte 0", id="non-utf8"),
-    pytest.param("two.json", b"{}{}", "not valid JSON: Extra data at line 1 column 3", id="two-documents"),
-    pytest.param("empty.json", b"", "not valid JSON: Expecting value at line 1 column 1", id="empty"),
+    pytest.param("two.json", b"{}{}", "not valid JSON: Extra data: line 1 column 3", id="two-documents"),
+    pytest.param("empty.json", b"", "not valid JSON: Expecting value: line 1 column 1", id="empty"),
     pytest.param("list.json", b"[]", "document must be a JSON object, got list", id="not-object"),
     pytest.param("float.json", b'{"n": 1.5}', "n: non-integer number '1.5' is not allowed", id="float"),
 ]
@@ -644,3 +644,27 @@ def test_jsonl_read_line_by_line(tmp_path: Path, records_path: Path, monkeypatch
 def test_jsonl_missing_file_is_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="missing.jsonl: cannot read: No such file or directory"):
         list(read_items(str(tmp_path / "missing.jsonl")))
+
+
+def test_import_takes_no_listen_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # import starts no daemon, so --http would be silently ignored.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import", "--data-dir", str(tmp_path), "--http", "127.0.0.1:8080", str(tmp_path / "f.jsonl")])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --http" in capsys.readouterr().err
+
+
+def test_import_reports_pending_events(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    key_path = tmp_path / "node.key"
+    assert _run(capsys, "keygen", "--out", str(key_path))[0] == 0
+    events_path = tmp_path / "hint.json"
+    status, signed, _ = _run(
+        capsys, "sign", "--key", str(key_path), "--type", "mirror_hint", "--subject", "pith:2017:JXMVLSVZ7B4A7F3JLM5PIYYILY",
+        "--payload", '{"slot": "primary", "url": "https://mirror.example.org/pith/"}',
+    )
+    assert status == 0
+    events_path.write_text(signed, encoding="utf-8")
+    status, out, _ = _run(capsys, "import", "--data-dir", str(tmp_path / "data"), str(events_path))
+    assert status == 0
+    assert "1 accepted, 0 duplicate, 0 rejected, 0 skipped" in out
+    assert "1 of the accepted events wait as pending events: their records are not in the store" in out

@@ -326,7 +326,7 @@ def mock_backend(response: bytes) -> SpyBackend:
 @pytest.mark.parametrize(
     ("location", "expected"),
     [
-        ("https://127.0.0.1:8443/pith-mirrors.json", "127.0.0.1 is a loopback address (127.0.0.0/8); allow_loopback is off"),
+        ("https://127.0.0.1:8443/pith-mirrors.json", "127.0.0.1 is a loopback address (127.0.0.0/8); allow_loopback_addresses is off"),
         ("https://169.254.169.254/latest/", "169.254.169.254 is a cloud metadata service address"),
         ("http://mirror.example.net/pith-mirrors.json", "redirect from https to http"),
     ],
@@ -438,7 +438,7 @@ async def test_ipv6_loopback_rejected_by_default() -> None:
 
     error = await fetch_failure(make_client(DialPolicy(allow_http=True), backend=backend), "http://[::1]:8080")
 
-    assert error.reason == "rejected by the dial policy: ::1 is the loopback address; allow_loopback is off"
+    assert error.reason == "rejected by the dial policy: ::1 is the loopback address; allow_loopback_addresses is off"
     assert backend.connects == []
 
 

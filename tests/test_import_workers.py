@@ -279,6 +279,8 @@ async def test_event_lines_stored_in_chunks(tmp_path: Path, monkeypatch: pytest.
         stats = store.stats()
         applied = store.get_state(PUBLISHED_SUBJECT)["applied_event_ids"]
     assert (summary.accepted, summary.rejected) == (8, 0)
+    # The first two events were stored before the state: they waited.
+    assert summary.pending == 2
     assert (stats.events, stats.pending_events) == (7, 0)
     assert {event["event_id"] for event in events} <= set(applied)
 
