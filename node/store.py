@@ -855,6 +855,8 @@ class _MergePool:
             )
         except (OSError, ValueError) as error:
             logger.warning("cannot start %d import worker processes (%s); merging bundles in this process", workers, error)
+        else:
+            logger.info("merging bundles in %d worker process%s", workers, "" if workers == 1 else "es")
 
     def submit(self, staged: list[_Staged | None]) -> _Chunk:
         """Send a chunk of staged documents to the workers; return it with the future of its merge results."""
@@ -1011,8 +1013,8 @@ class Store:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise StoreError(
-                f"store {self.path} is in use by another process (pid {holder}); "
-                "stop that process or use another data directory"
+                f"store {self.path} is in use by another process (pid {holder}); stop that process, "
+                "use another data directory, or post the documents to the running daemon's HTTP API (POST /events)"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
