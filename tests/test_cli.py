@@ -668,3 +668,11 @@ def test_import_reports_pending_events(capsys: pytest.CaptureFixture[str], tmp_p
     assert status == 0
     assert "1 accepted, 0 duplicate, 0 rejected, 0 skipped" in out
     assert "1 of the accepted events wait as pending events: their records are not in the store" in out
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "65"])
+def test_import_workers_value_checked(capsys: pytest.CaptureFixture[str], tmp_path: Path, value: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import", "--data-dir", str(tmp_path), "--workers", value, str(tmp_path / "f.jsonl")])
+    assert exit_info.value.code == 2
+    assert f"argument --workers: expected a whole number from 0 to 64, got '{value}'" in capsys.readouterr().err
