@@ -523,7 +523,7 @@ class _Batch:
     replaced: dict[int, DocumentOutcome] = field(default_factory=dict)
 
 
-# Every document of a batch asks for the same clock reading.
+# Every document of a batch uses the same clock reading.
 @functools.lru_cache(maxsize=16)
 def _future_limit(now: int) -> str:
     """Return the latest created_at that ``check_not_future`` accepts at ``now``, as a timestamp."""
@@ -678,15 +678,12 @@ def _stage_encoded(
     source: str,
     stored_inputs: set[str],
     id_is_stored: Callable[[str], bool] | None,
-    *,
-    decode: bool = True,
-) -> tuple[tuple[EventOutcome, ...], list[tuple[Any, ...]], list[Any]]:
-    """Return the outcomes, the events rows to insert and the decoded events of a document's events.
+) -> tuple[tuple[EventOutcome, ...], list[tuple[Any, ...]]]:
+    """Return the outcomes and the events rows to insert of a document's events.
 
     ``stored_inputs`` contains the input hashes among them that are stored
     already. ``id_is_stored`` returns whether the subject has a stored
     event with an id, and is None when the store has no event of the subject.
-    Without ``decode`` the list of decoded events is left empty.
 
     Raises:
         _NeedsFullChecks: an event needs the per-event checks.
@@ -694,7 +691,6 @@ def _stage_encoded(
     limit = _future_limit(now)
     outcomes: list[EventOutcome] = []
     rows: list[tuple[Any, ...]] = []
-    decoded: list[Any] = []
     seen_ids: set[str] = set()
     for index, (raw, (encoded, input_sha256)) in enumerate(zip(events, encoded_events)):
         claimed_id = _claimed_text(raw, "event_id", EVENT_ID_PATTERN)
@@ -708,10 +704,8 @@ def _stage_encoded(
         stored_inputs.add(input_sha256)
         seen_ids.add(row[1])
         rows.append(row)
-        if decode:
-            decoded.append(json.loads(encoded))
         outcomes.append(EventOutcome(index, Status.ACCEPTED, input_sha256, claimed_id, subject))
-    return tuple(outcomes), rows, decoded
+    return tuple(outcomes), rows
 
 
 def _stage_new_subject(merge_input: MergeInput, record_json: bytes, now: int, source: str) -> _Staged:
@@ -726,9 +720,7 @@ def _stage_new_subject(merge_input: MergeInput, record_json: bytes, now: int, so
     """
     subject = merge_input.pith_number
     aliases = sorted(_first_aliases(merge_input.aliases).items())
-    outcomes, event_rows, _ = _stage_encoded(
-        merge_input.events, _encode_events(merge_input.events), subject, now, source, set(), None, decode=False
-    )
+    outcomes, event_rows = _stage_encoded(merge_input.events, _encode_events(merge_input.events), subject, now, source, set(), None)
     source_fields = merge_input.record["source"]
     record_columns = (
         subject, parse_pith_number(subject).suffix, hashlib.sha256(record_json).hexdigest(), source_fields["kind"],
@@ -895,6 +887,20 @@ class _MergePool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+
+
+_INSERT_ALIAS = "INSERT INTO aliases (pith_number, kind, value, lookup_key, created_at) VALUES (?, ?, ?, ?, ?)"
+# Values per IN (...) list, far below SQLite's limit of 32,766 parameters.
+_IN_LIST_VALUES = 500
+
+
+def _values_present(conn: sqlite3.Connection, query: str, values: list[str]) -> set[str]:
+    """Return the values among ``values`` that ``query`` followed by an IN list of them selects."""
+    present: set[str] = set()
+    for start in range(0, len(values), _IN_LIST_VALUES):
+        chunk = values[start : start + _IN_LIST_VALUES]
+        present.update(row[0] for row in conn.execute(f"{query} ({','.join('?' * len(chunk))})", chunk))
+    return present
 
 
 def _batches(documents: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -1501,13 +1507,8 @@ class Store:
         """
         claimed = [_claimed_text(document, "pith_number", _PITH_NUMBER_TEXT) for document in documents]
         names = sorted({name for name in claimed if name is not None})
-        stored: set[str] = set()
         with self.snapshot() as conn:
-            # Chunks stay far below SQLite's limit of 32,766 parameters.
-            for start in range(0, len(names), 500):
-                chunk = names[start : start + 500]
-                query = f"SELECT pith_number FROM records WHERE pith_number IN ({','.join('?' * len(chunk))})"
-                stored.update(row[0] for row in conn.execute(query, chunk))
+            stored = _values_present(conn, "SELECT pith_number FROM records WHERE pith_number IN", names)
         return [None if name in stored else document for name, document in zip(claimed, documents)]
 
     def add_events(self, events: Iterable[Any], source: str, now: float) -> list[EventOutcome]:
@@ -1772,7 +1773,7 @@ class Store:
             [entry.record_row for entry in prepared],
         )
         conn.executemany(
-            "INSERT INTO aliases (pith_number, kind, value, lookup_key, created_at) VALUES (?, ?, ?, ?, ?)",
+            _INSERT_ALIAS,
             [row for entry in prepared for row in entry.alias_rows],
         )
         self._insert_event_rows(conn, [row for entry in prepared for row in entry.event_rows])
@@ -1833,10 +1834,7 @@ class Store:
         def id_is_stored(event_id: str) -> bool:
             return conn.execute("SELECT 1 FROM events WHERE subject = ? AND event_id = ?", (subject, event_id)).fetchone() is not None
 
-        outcomes, rows, _ = _stage_encoded(
-            events, encoded_events, subject, batch.now, batch.source, stored_inputs, id_is_stored, decode=False
-        )
-        return outcomes, rows
+        return _stage_encoded(events, encoded_events, subject, batch.now, batch.source, stored_inputs, id_is_stored)
 
     @staticmethod
     def _insert_event_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -1851,14 +1849,7 @@ class Store:
     @staticmethod
     def _stored_inputs(conn: sqlite3.Connection, input_hashes: list[str]) -> set[str]:
         """Return the hashes among ``input_hashes`` that the events table already contains."""
-        stored: set[str] = set()
-        # Chunks stay far below SQLite's limit of 32,766 parameters.
-        for start in range(0, len(input_hashes), 500):
-            chunk = input_hashes[start : start + 500]
-            placeholders = ",".join("?" * len(chunk))
-            query = f"SELECT input_sha256 FROM events WHERE input_sha256 IN ({placeholders})"
-            stored.update(row[0] for row in conn.execute(query, chunk))
-        return stored
+        return _values_present(conn, "SELECT input_sha256 FROM events WHERE input_sha256 IN", input_hashes)
 
     def _store_record(self, batch: _Batch, merge_input: MergeInput, record_json: bytes) -> tuple[Status, int]:
         """Insert the document's record (``record_json`` is its canonical JSON) unless stored; return its status and the pending events it released."""
@@ -1899,7 +1890,7 @@ class Store:
             ).fetchone()
             if row is None:
                 batch.conn.execute(
-                    "INSERT INTO aliases (pith_number, kind, value, lookup_key, created_at) VALUES (?, ?, ?, ?, ?)",
+                    _INSERT_ALIAS,
                     (subject, kind, value, value.lower(), created_at),
                 )
                 changed = True
