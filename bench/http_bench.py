@@ -332,7 +332,7 @@ async def _serve_bare_trio(root: Path, port: int) -> None:
     }
     not_found = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 
-    async def answer(stream: trio.SocketStream) -> None:
+    async def serve_connection(stream: trio.SocketStream) -> None:
         pending = b""
         try:
             while True:
@@ -351,7 +351,7 @@ async def _serve_bare_trio(root: Path, port: int) -> None:
         except trio.BrokenResourceError:
             return
 
-    await trio.serve_tcp(answer, port, host="127.0.0.1")
+    await trio.serve_tcp(serve_connection, port, host="127.0.0.1")
 
 
 class StaticAsgiProcess:

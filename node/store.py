@@ -806,7 +806,7 @@ def _exit_with_parent(sentinel: int) -> None:
 
 
 def _merge_chunk(items: list[tuple[bytes, list[dict[str, Any]], list[bytes]] | None]) -> list[_Merged | None]:
-    """Merge each staged document of a chunk in a worker process; None stands for a skipped or rejected one."""
+    """Merge each staged document of a chunk in a worker process; None marks a skipped or rejected one."""
     trust = _worker_trust if _worker_trust is not None else default_trust()
     merged: list[_Merged | None] = []
     for item in items:

@@ -623,8 +623,8 @@ def test_sign_rejects_tampered_key_file(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_jsonl_read_line_by_line(tmp_path: Path, records_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The file is four times the document limit and each line is within it;
-    # one line over the limit is reported and the lines after it are read.
+    # The file is four times the document limit and each line is within it.
+    # One line over the limit is reported, and the lines after it are read.
     lines = [line for line in records_path.read_bytes().splitlines() if line.strip()][:40]
     limit = max(len(line) for line in lines) + 1
     monkeypatch.setattr("node.offline.DOCUMENT_LIMITS", Limits(max_bytes=limit, max_depth=32, max_values=100_000))

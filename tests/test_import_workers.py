@@ -263,8 +263,8 @@ async def test_import_jsonl_of_bundles_with_workers(tmp_path: Path, monkeypatch:
 
 @pytest.mark.trio
 async def test_event_lines_stored_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Event lines are stored a few at a time; the ones listed before their
-    # record's state wait as pending events and are merged when it comes.
+    # Event lines are stored a few at a time. The ones listed before their
+    # record's state wait as pending events until the state arrives.
     monkeypatch.setattr("node.importer.EVENTS_PER_TRANSACTION", 2)
     key = SigningKey.generate()
     events = [hint(key, PUBLISHED_SUBJECT, f"slot{number}") for number in range(5)]
